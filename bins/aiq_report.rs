@@ -1,0 +1,5 @@
+//! `aiq-report` (work in progress).
+fn main() {
+    eprintln!("aiq-report: not built yet");
+    std::process::exit(2);
+}

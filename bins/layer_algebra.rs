@@ -1,0 +1,5 @@
+//! `layer-algebra` (work in progress).
+fn main() {
+    eprintln!("layer-algebra: not built yet");
+    std::process::exit(2);
+}

@@ -1,0 +1,1 @@
+//! aiq-algebra (work in progress).

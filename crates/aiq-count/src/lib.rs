@@ -1,0 +1,1 @@
+//! aiq-count (work in progress).

@@ -1,0 +1,1 @@
+//! aiq-data (work in progress).

@@ -1,0 +1,557 @@
+//! File and pipe plumbing shared by every stage of the aiq pipeline.
+//!
+//! Every stage reads a file or standard input and writes a file or standard output, so the
+//! rules that keep data safe live here once:
+//!
+//! - [`Output`]: a file output is written to a temporary file in the same directory and
+//!   renamed into place by [`Output::commit`], so a killed run never leaves a half file under
+//!   the final name; binary data is never written to a terminal.
+//! - [`StreamKind`]: every binary stream starts with an 8-byte magic and a `u32` format
+//!   version, so a reader can tell a model from a states dump from a counts file, and say so.
+//! - [`decode_bounded`]: every bincode decode is limited by what the input can really hold.
+//! - [`Provenance`]: every output records the tool, its version and its arguments.
+//!
+//! ```
+//! use aiq_io::StreamKind;
+//! let mut header = Vec::new();
+//! StreamKind::Counts.write_header(&mut header, 1).unwrap();
+//! let (kind, version) = StreamKind::read_header(&mut header.as_slice(), "<mem>").unwrap();
+//! assert_eq!((kind, version), (StreamKind::Counts, 1));
+//! ```
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+/// Errors of the shared plumbing. Each names the file (or `<stdin>`/`<stdout>`) it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum IoError {
+    #[error("{name}: {source}")]
+    Io {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{name}: refusing to write binary data to a terminal; give -o FILE or pipe the output")]
+    Terminal { name: String },
+    #[error("{name}: not an aiq stream (expected one of the magics {expected}, found {found:?})")]
+    BadMagic {
+        name: String,
+        expected: String,
+        found: String,
+    },
+    #[error("{name}: stream ends early: {what}")]
+    Truncated { name: String, what: String },
+    #[error("{name}: expected a {expected} stream, found a {found} stream")]
+    WrongKind {
+        name: String,
+        expected: StreamKind,
+        found: StreamKind,
+    },
+    #[error("{name}: {kind} format version {found} is not supported (this build reads version {supported})")]
+    Version {
+        name: String,
+        kind: StreamKind,
+        found: u32,
+        supported: u32,
+    },
+    #[error("{name}: corrupt {what}: {detail}")]
+    Corrupt {
+        name: String,
+        what: String,
+        detail: String,
+    },
+}
+
+impl IoError {
+    /// True when the error is a closed pipe (`| head`): stages end quietly on it.
+    pub fn is_broken_pipe(&self) -> bool {
+        matches!(self, IoError::Io { source, .. } if source.kind() == io::ErrorKind::BrokenPipe)
+    }
+
+    pub fn io(name: impl Into<String>, source: io::Error) -> Self {
+        IoError::Io {
+            name: name.into(),
+            source,
+        }
+    }
+}
+
+/// True for an `io::Error` (anywhere in an error chain) that is a closed pipe.
+pub fn is_broken_pipe(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            if io.kind() == io::ErrorKind::BrokenPipe {
+                return true;
+            }
+        }
+        if let Some(io) = e.downcast_ref::<IoError>() {
+            if io.is_broken_pipe() {
+                return true;
+            }
+        }
+        cur = e.source();
+    }
+    false
+}
+
+/// The kinds of binary stream the pipeline exchanges, told apart by their first 8 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StreamKind {
+    /// A trained model (`train` output), defined in `aiq-train`.
+    Model,
+    /// Packed per-layer states of a data set (`dump-states` output), defined in `aiq-states`.
+    States,
+    /// Distinct states and their counts (`count-states` output), defined in `aiq-count`.
+    Counts,
+}
+
+impl StreamKind {
+    pub const ALL: [StreamKind; 3] = [StreamKind::Model, StreamKind::States, StreamKind::Counts];
+
+    pub const fn magic(self) -> &'static [u8; 8] {
+        match self {
+            StreamKind::Model => b"AIQMODEL",
+            StreamKind::States => b"AIQSTATE",
+            StreamKind::Counts => b"AIQCOUNT",
+        }
+    }
+
+    /// Writes the magic and the format version.
+    pub fn write_header(self, w: &mut impl Write, version: u32) -> io::Result<()> {
+        w.write_all(self.magic())?;
+        w.write_all(&version.to_le_bytes())
+    }
+
+    /// Reads a magic and a version; `name` is the file name used in errors.
+    pub fn read_header(r: &mut impl Read, name: &str) -> Result<(StreamKind, u32), IoError> {
+        let mut buf = [0u8; 12];
+        read_exact_or_truncated(r, &mut buf, name, "the 12-byte stream header")?;
+        let kind = StreamKind::ALL
+            .into_iter()
+            .find(|k| k.magic() == &buf[..8])
+            .ok_or_else(|| IoError::BadMagic {
+                name: name.to_string(),
+                expected: StreamKind::ALL
+                    .iter()
+                    .map(|k| String::from_utf8_lossy(k.magic()).into_owned())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                found: String::from_utf8_lossy(&buf[..8]).into_owned(),
+            })?;
+        let version = u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]]);
+        Ok((kind, version))
+    }
+
+    /// Reads a header and checks it is `self` at exactly `version`.
+    pub fn expect_header(self, r: &mut impl Read, name: &str, version: u32) -> Result<(), IoError> {
+        let (kind, found) = StreamKind::read_header(r, name)?;
+        self.check(kind, found, name, version)
+    }
+
+    /// Checks an already-read header against the expected kind and version.
+    pub fn check(self, kind: StreamKind, found: u32, name: &str, version: u32) -> Result<(), IoError> {
+        if kind != self {
+            return Err(IoError::WrongKind {
+                name: name.to_string(),
+                expected: self,
+                found: kind,
+            });
+        }
+        if found != version {
+            return Err(IoError::Version {
+                name: name.to_string(),
+                kind,
+                found,
+                supported: version,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for StreamKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            StreamKind::Model => "model",
+            StreamKind::States => "states",
+            StreamKind::Counts => "counts",
+        })
+    }
+}
+
+/// `read_exact` that reports a short read as [`IoError::Truncated`] naming `what`.
+pub fn read_exact_or_truncated(
+    r: &mut impl Read,
+    buf: &mut [u8],
+    name: &str,
+    what: &str,
+) -> Result<(), IoError> {
+    match r.read_exact(buf) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(IoError::Truncated {
+            name: name.to_string(),
+            what: format!("missing {what}"),
+        }),
+        Err(e) => Err(IoError::io(name, e)),
+    }
+}
+
+/// The bincode configuration of every aiq stream: fixed-width little-endian integers.
+/// Fixed widths keep the layout documentable in ARCHITECTURE.md.
+fn bincode_options() -> impl bincode::Options {
+    use bincode::Options;
+    bincode::DefaultOptions::new()
+        .with_fixint_encoding()
+        .with_little_endian()
+}
+
+/// Encodes `value` with the project's bincode options.
+pub fn encode(w: &mut impl Write, value: &impl Serialize, name: &str) -> Result<(), IoError> {
+    use bincode::Options;
+    bincode_options()
+        .serialize_into(w, value)
+        .map_err(|e| bincode_error(name, "record", *e))
+}
+
+/// Serialized size of `value` with the project's options.
+pub fn encoded_len(value: &impl Serialize) -> u64 {
+    use bincode::Options;
+    bincode_options().serialized_size(value).unwrap_or(u64::MAX)
+}
+
+/// Decodes one value, allocating at most `limit` bytes for it (bincode counts every
+/// length prefix against the limit before allocating), so a header claiming absurd sizes
+/// fails cleanly instead of exhausting memory.
+pub fn decode_bounded<T: DeserializeOwned>(
+    r: &mut impl Read,
+    limit: u64,
+    name: &str,
+    what: &str,
+) -> Result<T, IoError> {
+    use bincode::Options;
+    bincode_options()
+        .with_limit(limit)
+        .deserialize_from(r)
+        .map_err(|e| bincode_error(name, what, *e))
+}
+
+fn bincode_error(name: &str, what: &str, e: bincode::ErrorKind) -> IoError {
+    match e {
+        bincode::ErrorKind::Io(io) if io.kind() == io::ErrorKind::UnexpectedEof => {
+            IoError::Truncated {
+                name: name.to_string(),
+                what: format!("inside the {what}"),
+            }
+        }
+        bincode::ErrorKind::Io(io) => IoError::io(name, io),
+        bincode::ErrorKind::SizeLimit => IoError::Corrupt {
+            name: name.to_string(),
+            what: what.to_string(),
+            detail: "claims more data than the format allows".to_string(),
+        },
+        other => IoError::Corrupt {
+            name: name.to_string(),
+            what: what.to_string(),
+            detail: other.to_string(),
+        },
+    }
+}
+
+/// What produced an output file: recorded in every header.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Provenance {
+    /// The tool that wrote the file, e.g. `train`.
+    pub tool: String,
+    /// The aiq version (`CARGO_PKG_VERSION` of the writing binary).
+    pub version: String,
+    /// The full command line.
+    pub args: Vec<String>,
+    /// Seconds since the Unix epoch when the file was written.
+    pub created_unix: u64,
+}
+
+impl Provenance {
+    /// Provenance of the running process.
+    pub fn current(tool: &str, version: &str) -> Self {
+        Provenance {
+            tool: tool.to_string(),
+            version: version.to_string(),
+            args: std::env::args().collect(),
+            created_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        }
+    }
+}
+
+/// An input: a file, or standard input for `-` (or no path).
+pub struct Input {
+    name: String,
+    reader: Box<dyn Read + Send>,
+    /// Length in bytes when known (a regular file), for bounding decodes.
+    len: Option<u64>,
+}
+
+impl fmt::Debug for Input {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Input").field("name", &self.name).field("len", &self.len).finish()
+    }
+}
+
+impl Input {
+    /// Opens `path`; `None` or `-` is standard input.
+    pub fn open(path: Option<&Path>) -> Result<Self, IoError> {
+        match path {
+            None => Ok(Self::stdin()),
+            Some(p) if p.as_os_str() == "-" => Ok(Self::stdin()),
+            Some(p) => {
+                let name = p.display().to_string();
+                let file = File::open(p).map_err(|e| IoError::io(&name, e))?;
+                let len = file.metadata().ok().filter(|m| m.is_file()).map(|m| m.len());
+                Ok(Input {
+                    name,
+                    reader: Box::new(BufReader::with_capacity(1 << 16, file)),
+                    len,
+                })
+            }
+        }
+    }
+
+    fn stdin() -> Self {
+        Input {
+            name: "<stdin>".to_string(),
+            reader: Box::new(BufReader::with_capacity(1 << 16, io::stdin())),
+            len: None,
+        }
+    }
+
+    /// The name used in error messages.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The file's length when it is a regular file.
+    pub fn len(&self) -> Option<u64> {
+        self.len
+    }
+
+    /// True when the input is a regular file of length zero.
+    pub fn is_empty(&self) -> bool {
+        self.len == Some(0)
+    }
+
+    /// Splits into the name and the reader.
+    pub fn into_parts(self) -> (String, Box<dyn Read + Send>) {
+        (self.name, self.reader)
+    }
+}
+
+impl Read for Input {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.reader.read(buf)
+    }
+}
+
+/// An output: a temporary file renamed into place on [`Output::commit`], or standard output.
+///
+/// Dropping an uncommitted file output deletes the temporary file, so an error or a kill
+/// leaves nothing under the final name.
+#[derive(Debug)]
+pub struct Output {
+    name: String,
+    inner: OutputInner,
+}
+
+#[derive(Debug)]
+enum OutputInner {
+    File {
+        writer: BufWriter<tempfile::NamedTempFile>,
+        path: PathBuf,
+    },
+    Stdout(BufWriter<io::Stdout>),
+}
+
+impl Output {
+    /// Creates an output: `Some(path)` writes the file, `Some("-")` standard output; `None`
+    /// is standard output. With `binary`, standard output must not be a terminal.
+    pub fn create(path: Option<&Path>, binary: bool) -> Result<Self, IoError> {
+        match path {
+            Some(p) if p.as_os_str() != "-" => {
+                let name = p.display().to_string();
+                let dir = match p.parent() {
+                    Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+                    _ => PathBuf::from("."),
+                };
+                let file_name = p
+                    .file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "out".to_string());
+                let tmp = tempfile::Builder::new()
+                    .prefix(&format!(".{file_name}."))
+                    .suffix(".part")
+                    .tempfile_in(&dir)
+                    .map_err(|e| IoError::io(&name, e))?;
+                Ok(Output {
+                    name,
+                    inner: OutputInner::File {
+                        writer: BufWriter::with_capacity(1 << 16, tmp),
+                        path: p.to_path_buf(),
+                    },
+                })
+            }
+            _ => {
+                let name = "<stdout>".to_string();
+                if binary && io::stdout().is_terminal() {
+                    return Err(IoError::Terminal { name });
+                }
+                Ok(Output {
+                    name,
+                    inner: OutputInner::Stdout(BufWriter::with_capacity(1 << 16, io::stdout())),
+                })
+            }
+        }
+    }
+
+    /// The name used in error messages.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Flushes and, for a file, syncs and renames the temporary file to its final name.
+    pub fn commit(self) -> Result<(), IoError> {
+        let name = self.name;
+        match self.inner {
+            OutputInner::Stdout(mut w) => w.flush().map_err(|e| IoError::io(&name, e)),
+            OutputInner::File { writer, path } => {
+                let tmp = writer
+                    .into_inner()
+                    .map_err(|e| IoError::io(&name, e.into_error()))?;
+                tmp.as_file().sync_all().map_err(|e| IoError::io(&name, e))?;
+                tmp.persist(&path)
+                    .map_err(|e| IoError::io(&name, e.error))?;
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Write for Output {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match &mut self.inner {
+            OutputInner::File { writer, .. } => writer.write(buf),
+            OutputInner::Stdout(w) => w.write(buf),
+        }
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match &mut self.inner {
+            OutputInner::File { writer, .. } => writer.write_all(buf),
+            OutputInner::Stdout(w) => w.write_all(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match &mut self.inner {
+            OutputInner::File { writer, .. } => writer.flush(),
+            OutputInner::Stdout(w) => w.flush(),
+        }
+    }
+}
+
+/// Runs a binary's body: prints `tool: error` on one line (with its causes) and exits 1, or
+/// exits 0 quietly when the error is a closed pipe.
+pub fn run_main(tool: &str, body: impl FnOnce() -> Result<(), Box<dyn std::error::Error>>) -> ! {
+    match body() {
+        Ok(()) => std::process::exit(0),
+        Err(e) if is_broken_pipe(e.as_ref()) => std::process::exit(0),
+        Err(e) => {
+            let mut msg = format!("{tool}: {e}");
+            let mut src = e.source();
+            while let Some(cause) = src {
+                let text = cause.to_string();
+                if !msg.contains(&text) {
+                    msg.push_str(": ");
+                    msg.push_str(&text);
+                }
+                src = cause.source();
+            }
+            eprintln!("{msg}");
+            std::process::exit(1)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_round_trip_and_kind_mismatch() {
+        let mut buf = Vec::new();
+        StreamKind::Model.write_header(&mut buf, 3).unwrap();
+        let err = StreamKind::States
+            .expect_header(&mut buf.as_slice(), "m.bin", 1)
+            .unwrap_err();
+        assert!(matches!(err, IoError::WrongKind { .. }), "{err}");
+        assert!(err.to_string().contains("m.bin"));
+        let err = StreamKind::Model
+            .expect_header(&mut buf.as_slice(), "m.bin", 1)
+            .unwrap_err();
+        assert!(matches!(err, IoError::Version { found: 3, .. }), "{err}");
+    }
+
+    #[test]
+    fn short_and_foreign_headers() {
+        let err = StreamKind::read_header(&mut &b"AIQ"[..], "x").unwrap_err();
+        assert!(matches!(err, IoError::Truncated { .. }), "{err}");
+        let err = StreamKind::read_header(&mut &b"PK\x03\x04zzzzzzzzzz"[..], "x").unwrap_err();
+        assert!(matches!(err, IoError::BadMagic { .. }), "{err}");
+    }
+
+    #[test]
+    fn bounded_decode_rejects_absurd_lengths() {
+        // A Vec<u64> claiming 2^60 elements with data behind it: the limit stops it.
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&(1u64 << 60).to_le_bytes());
+        bytes.resize(bytes.len() + (2 << 20), 0);
+        let err = decode_bounded::<Vec<u64>>(&mut bytes.as_slice(), 1 << 20, "x", "states")
+            .unwrap_err();
+        assert!(matches!(err, IoError::Corrupt { .. }), "{err}");
+        // The same claim with nothing behind it is a cut stream, found without allocating it.
+        let err = decode_bounded::<Vec<u64>>(&mut &bytes[..8], 1 << 40, "x", "states")
+            .unwrap_err();
+        assert!(matches!(err, IoError::Truncated { .. }), "{err}");
+    }
+
+    #[test]
+    fn decode_of_cut_stream_is_truncated() {
+        let mut bytes = Vec::new();
+        encode(&mut bytes, &vec![1u32, 2, 3], "x").unwrap();
+        bytes.truncate(bytes.len() - 2);
+        let err = decode_bounded::<Vec<u32>>(&mut bytes.as_slice(), 1 << 20, "x", "list")
+            .unwrap_err();
+        assert!(matches!(err, IoError::Truncated { .. }), "{err}");
+    }
+
+    #[test]
+    fn uncommitted_output_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.bin");
+        {
+            let mut out = Output::create(Some(&path), true).unwrap();
+            out.write_all(b"half").unwrap();
+        }
+        assert!(!path.exists());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        let mut out = Output::create(Some(&path), true).unwrap();
+        out.write_all(b"whole").unwrap();
+        out.commit().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"whole");
+    }
+}

@@ -1,0 +1,1 @@
+//! aiq-metrics (work in progress).

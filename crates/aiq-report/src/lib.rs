@@ -1,0 +1,1 @@
+//! aiq-report (work in progress).

@@ -1,0 +1,1 @@
+//! aiq-states (work in progress).

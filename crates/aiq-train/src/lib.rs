@@ -1,0 +1,1 @@
+//! aiq-train (work in progress).
