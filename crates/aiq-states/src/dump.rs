@@ -1,0 +1,599 @@
+//! The states dump stream (`AIQSTATE`), written by `dump-states` and read by `count-states`
+//! and `score-aiq`.
+//!
+//! Layout (bincode with fixed-width little-endian integers, see `aiq_io`):
+//!
+//! ```text
+//! "AIQSTATE" u32 version
+//! StatesHeader                      model identity, data set, split, layers, labels, provenance
+//! Record::Chunk { inputs, predictions }   then, per layer, inputs × states_per_input × words
+//!                                         u64 words (little-endian, no length prefix: the
+//!                                         header fixes it), image-major
+//! ... more chunks ...
+//! Record::End { inputs, correct }
+//! ```
+//!
+//! Predictions travel with their chunk and the accuracy in the end record, because
+//! `dump-states` writes the header before the forward pass and streams chunks as they are
+//! computed, so memory stays bounded by a chunk rather than by the data set. A stream without
+//! its end record is cut short and is reported as such, never used in part.
+
+use std::io::{self, Read, Write};
+
+use aiq_io::{decode_bounded, encode, IoError, Provenance, StreamKind};
+use serde::{Deserialize, Serialize};
+
+use crate::pack::words_for;
+
+/// Format version of the states stream; bump on any layout change.
+pub const STATES_VERSION: u32 = 1;
+
+/// Largest layer width accepted from a stream (a sanity bound against corrupt headers).
+pub const MAX_NEURONS: u32 = 1 << 20;
+/// Largest number of states per input accepted from a stream (spatial positions of a conv).
+pub const MAX_STATES_PER_INPUT: u32 = 1 << 24;
+/// Largest chunk payload accepted from a stream, in bytes.
+pub const MAX_CHUNK_BYTES: u64 = 1 << 30;
+/// Bound on the encoded header (labels included) decoded from a stream.
+const HEADER_LIMIT: u64 = 256 << 20;
+
+/// What model produced the states: carried through the states and counts headers so a score
+/// can name its model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelIdentity {
+    /// Architecture, e.g. `lenet5` or `lenet300-100`.
+    pub arch: String,
+    /// Hidden widths as trained.
+    pub widths: Vec<u32>,
+    /// Width modifier of the run (as the training tool names it).
+    pub modifier: String,
+    pub seed: u64,
+    /// Fraction of training labels randomized.
+    pub randomize_labels: f64,
+    /// The training data set.
+    pub dataset: String,
+    /// Trainable parameters.
+    pub parameters: u64,
+    pub epochs: u32,
+    pub best_epoch: u32,
+    pub train_accuracy: f64,
+    pub test_accuracy: f64,
+    /// What trained the model.
+    pub provenance: Provenance,
+}
+
+/// One hidden layer whose states the stream holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerSpec {
+    pub name: String,
+    /// Neurons (channels of a conv layer) = bits per state.
+    pub neurons: u32,
+    /// States observed per input: 1 for a dense layer, the spatial positions for a conv layer.
+    pub states_per_input: u32,
+}
+
+impl LayerSpec {
+    /// `u64` words per state.
+    pub fn words(&self) -> usize {
+        words_for(self.neurons as usize)
+    }
+
+    /// Words of `inputs` inputs, if it fits in memory arithmetic.
+    fn words_for_inputs(&self, inputs: u64) -> Option<u64> {
+        inputs
+            .checked_mul(u64::from(self.states_per_input))?
+            .checked_mul(self.words() as u64)
+    }
+}
+
+/// The header of a states stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatesHeader {
+    /// The measured model, when the states come from one.
+    pub model: Option<ModelIdentity>,
+    /// The data set measured (may differ from the training set).
+    pub dataset: String,
+    /// `test` or `train`.
+    pub split: String,
+    pub layers: Vec<LayerSpec>,
+    /// Number of inputs (images) in the stream.
+    pub inputs: u64,
+    /// Largest number of inputs in one chunk.
+    pub chunk_inputs: u32,
+    /// Every input's label, in input order.
+    pub labels: Vec<u8>,
+    /// What wrote the stream.
+    pub provenance: Provenance,
+}
+
+impl StatesHeader {
+    /// Checks the sizes a header claims, so that a corrupt one fails before anything is
+    /// allocated for it.
+    pub fn validate(&self, name: &str) -> Result<(), IoError> {
+        let corrupt = |detail: String| IoError::Corrupt {
+            name: name.to_string(),
+            what: "states header".to_string(),
+            detail,
+        };
+        if self.layers.is_empty() {
+            return Err(corrupt("no layers".into()));
+        }
+        for l in &self.layers {
+            if l.neurons == 0 || l.neurons > MAX_NEURONS {
+                return Err(corrupt(format!(
+                    "layer {:?} claims {} neurons (expected 1 to {MAX_NEURONS})",
+                    l.name, l.neurons
+                )));
+            }
+            if l.states_per_input == 0 || l.states_per_input > MAX_STATES_PER_INPUT {
+                return Err(corrupt(format!(
+                    "layer {:?} claims {} states per input (expected 1 to {MAX_STATES_PER_INPUT})",
+                    l.name, l.states_per_input
+                )));
+            }
+        }
+        if self.chunk_inputs == 0 {
+            return Err(corrupt("chunks of 0 inputs".into()));
+        }
+        match self.chunk_bytes(u64::from(self.chunk_inputs)) {
+            Some(b) if b <= MAX_CHUNK_BYTES => {}
+            _ => {
+                return Err(corrupt(format!(
+                    "a chunk of {} inputs would exceed {MAX_CHUNK_BYTES} bytes",
+                    self.chunk_inputs
+                )))
+            }
+        }
+        if self.labels.len() as u64 != self.inputs {
+            return Err(corrupt(format!(
+                "{} labels for {} inputs",
+                self.labels.len(),
+                self.inputs
+            )));
+        }
+        Ok(())
+    }
+
+    /// Bytes of packed states in a chunk of `inputs` inputs.
+    fn chunk_bytes(&self, inputs: u64) -> Option<u64> {
+        self.layers.iter().try_fold(0u64, |acc, l| {
+            acc.checked_add(l.words_for_inputs(inputs)?.checked_mul(8)?)
+        })
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum Record {
+    Chunk { inputs: u32, predictions: Vec<u8> },
+    End { inputs: u64, correct: u64 },
+}
+
+/// One chunk of consecutive inputs: their predictions and, per layer, their packed states
+/// (`inputs × states_per_input` states of `words` words each, image-major).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatesChunk {
+    /// Index of the chunk's first input.
+    pub first_input: u64,
+    pub predictions: Vec<u8>,
+    pub layers: Vec<Vec<u64>>,
+}
+
+/// Writes a states stream chunk by chunk.
+#[derive(Debug)]
+pub struct StatesWriter<W: Write> {
+    w: W,
+    name: String,
+    header: StatesHeader,
+    written: u64,
+    correct: u64,
+    bytes: Vec<u8>,
+}
+
+impl<W: Write> StatesWriter<W> {
+    /// Writes the magic, version and header.
+    pub fn new(mut w: W, name: &str, header: StatesHeader) -> Result<Self, IoError> {
+        header.validate(name)?;
+        StreamKind::States
+            .write_header(&mut w, STATES_VERSION)
+            .map_err(|e| IoError::io(name, e))?;
+        encode(&mut w, &header, name)?;
+        Ok(StatesWriter {
+            w,
+            name: name.to_string(),
+            header,
+            written: 0,
+            correct: 0,
+            bytes: Vec::new(),
+        })
+    }
+
+    /// Appends the next chunk: `predictions` of its inputs and each layer's packed states.
+    pub fn write_chunk(&mut self, predictions: &[u8], layers: &[&[u64]]) -> Result<(), IoError> {
+        let n = predictions.len() as u64;
+        let misuse = |detail: String| IoError::Corrupt {
+            name: self.name.clone(),
+            what: "states chunk".to_string(),
+            detail,
+        };
+        if n == 0
+            || n > u64::from(self.header.chunk_inputs)
+            || self.written + n > self.header.inputs
+        {
+            return Err(misuse(format!(
+                "{n} inputs after {} of {} (chunks hold 1 to {})",
+                self.written, self.header.inputs, self.header.chunk_inputs
+            )));
+        }
+        if layers.len() != self.header.layers.len() {
+            return Err(misuse(format!(
+                "{} layers, header has {}",
+                layers.len(),
+                self.header.layers.len()
+            )));
+        }
+        for (spec, words) in self.header.layers.iter().zip(layers) {
+            if Some(words.len() as u64) != spec.words_for_inputs(n) {
+                return Err(misuse(format!(
+                    "layer {:?}: {} words for {n} inputs",
+                    spec.name,
+                    words.len()
+                )));
+            }
+        }
+        let start = self.written as usize;
+        self.correct += predictions
+            .iter()
+            .zip(&self.header.labels[start..])
+            .filter(|(p, l)| p == l)
+            .count() as u64;
+        encode(
+            &mut self.w,
+            &Record::Chunk {
+                inputs: n as u32,
+                predictions: predictions.to_vec(),
+            },
+            &self.name,
+        )?;
+        for words in layers {
+            self.bytes.clear();
+            self.bytes
+                .extend(words.iter().flat_map(|w| w.to_le_bytes()));
+            self.w
+                .write_all(&self.bytes)
+                .map_err(|e| IoError::io(&self.name, e))?;
+        }
+        self.written += n;
+        Ok(())
+    }
+
+    /// Writes the end record and returns the writer. Fails if fewer inputs were written than
+    /// the header announced.
+    pub fn finish(mut self) -> Result<W, IoError> {
+        if self.written != self.header.inputs {
+            return Err(IoError::Corrupt {
+                name: self.name,
+                what: "states stream".to_string(),
+                detail: format!("{} of {} inputs written", self.written, self.header.inputs),
+            });
+        }
+        encode(
+            &mut self.w,
+            &Record::End {
+                inputs: self.written,
+                correct: self.correct,
+            },
+            &self.name,
+        )?;
+        Ok(self.w)
+    }
+}
+
+/// Reads a states stream chunk by chunk, checking every size against the header.
+#[derive(Debug)]
+pub struct StatesReader<R: Read> {
+    r: R,
+    name: String,
+    header: StatesHeader,
+    read: u64,
+    correct: u64,
+    ended: bool,
+    bytes: Vec<u8>,
+}
+
+impl<R: Read> StatesReader<R> {
+    /// Reads and checks the magic, version and header.
+    pub fn new(mut r: R, name: &str) -> Result<Self, IoError> {
+        StreamKind::States.expect_header(&mut r, name, STATES_VERSION)?;
+        Self::after_magic(r, name)
+    }
+
+    /// Reads the header when the caller has already consumed and checked the 12-byte magic
+    /// and version (to dispatch on the stream kind).
+    pub fn after_magic(mut r: R, name: &str) -> Result<Self, IoError> {
+        let header: StatesHeader = decode_bounded(&mut r, HEADER_LIMIT, name, "states header")?;
+        header.validate(name)?;
+        Ok(StatesReader {
+            r,
+            name: name.to_string(),
+            header,
+            read: 0,
+            correct: 0,
+            ended: false,
+            bytes: Vec::new(),
+        })
+    }
+
+    pub fn header(&self) -> &StatesHeader {
+        &self.header
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The next chunk, or `None` after the end record (which is checked against everything
+    /// read). A stream cut anywhere is an [`IoError::Truncated`].
+    pub fn next_chunk(&mut self) -> Result<Option<StatesChunk>, IoError> {
+        if self.ended {
+            return Ok(None);
+        }
+        let limit = u64::from(self.header.chunk_inputs) + 64;
+        let record: Record = decode_bounded(&mut self.r, limit, &self.name, "states record")
+            .map_err(|e| match e {
+                IoError::Truncated { name, .. } => IoError::Truncated {
+                    name,
+                    what: format!(
+                        "cut after {} of {} inputs, before the end record",
+                        self.read, self.header.inputs
+                    ),
+                },
+                other => other,
+            })?;
+        let corrupt = |detail: String| IoError::Corrupt {
+            name: self.name.clone(),
+            what: "states stream".to_string(),
+            detail,
+        };
+        match record {
+            Record::End { inputs, correct } => {
+                if inputs != self.read || self.read != self.header.inputs || correct != self.correct
+                {
+                    return Err(corrupt(format!(
+                        "end record says {inputs} inputs ({correct} correct); the header announced {} and the chunks hold {} ({} correct)",
+                        self.header.inputs, self.read, self.correct
+                    )));
+                }
+                let mut probe = [0u8; 1];
+                loop {
+                    match self.r.read(&mut probe) {
+                        Ok(0) => break,
+                        Ok(_) => return Err(corrupt("data after the end record".into())),
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => return Err(IoError::io(&self.name, e)),
+                    }
+                }
+                self.ended = true;
+                Ok(None)
+            }
+            Record::Chunk {
+                inputs,
+                predictions,
+            } => {
+                let n = u64::from(inputs);
+                if n == 0
+                    || inputs > self.header.chunk_inputs
+                    || predictions.len() as u64 != n
+                    || self.read + n > self.header.inputs
+                {
+                    return Err(corrupt(format!(
+                        "chunk of {inputs} inputs with {} predictions after {} of {} inputs",
+                        predictions.len(),
+                        self.read,
+                        self.header.inputs
+                    )));
+                }
+                let first = self.read;
+                let mut layers = Vec::with_capacity(self.header.layers.len());
+                for spec in &self.header.layers {
+                    // Validated in the header: fits in MAX_CHUNK_BYTES.
+                    let words = spec.words_for_inputs(n).unwrap_or(0) as usize;
+                    self.bytes.clear();
+                    let want = words as u64 * 8;
+                    (&mut self.r)
+                        .take(want)
+                        .read_to_end(&mut self.bytes)
+                        .map_err(|e| IoError::io(&self.name, e))?;
+                    if self.bytes.len() as u64 != want {
+                        return Err(IoError::Truncated {
+                            name: self.name.clone(),
+                            what: format!(
+                                "cut inside the states of layer {:?} in inputs {first}..{}",
+                                spec.name,
+                                first + n
+                            ),
+                        });
+                    }
+                    layers.push(words_from_le(&self.bytes));
+                }
+                let labels = &self.header.labels[first as usize..(first + n) as usize];
+                self.correct += predictions
+                    .iter()
+                    .zip(labels)
+                    .filter(|(p, l)| p == l)
+                    .count() as u64;
+                self.read += n;
+                Ok(Some(StatesChunk {
+                    first_input: first,
+                    predictions,
+                    layers,
+                }))
+            }
+        }
+    }
+
+    /// Inputs whose prediction equals the label, among the chunks read so far.
+    pub fn correct(&self) -> u64 {
+        self.correct
+    }
+
+    /// True once the end record has been read and checked.
+    pub fn ended(&self) -> bool {
+        self.ended
+    }
+
+    /// Accuracy on the stream's inputs; known once the end record has been read.
+    pub fn accuracy(&self) -> Option<f64> {
+        (self.ended && self.read > 0).then(|| self.correct as f64 / self.read as f64)
+    }
+}
+
+/// Little-endian bytes to words (the stream's byte order on every machine).
+pub fn words_from_le(bytes: &[u8]) -> Vec<u64> {
+    bytes
+        .chunks_exact(8)
+        .map(|b| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(b);
+            u64::from_le_bytes(a)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(inputs: u64) -> StatesHeader {
+        StatesHeader {
+            model: None,
+            dataset: "mnist".into(),
+            split: "test".into(),
+            layers: vec![
+                LayerSpec {
+                    name: "conv1".into(),
+                    neurons: 3,
+                    states_per_input: 4,
+                },
+                LayerSpec {
+                    name: "dense".into(),
+                    neurons: 70,
+                    states_per_input: 1,
+                },
+            ],
+            inputs,
+            chunk_inputs: 2,
+            labels: (0..inputs).map(|i| (i % 10) as u8).collect(),
+            provenance: Provenance::current("test", "0"),
+        }
+    }
+
+    fn stream(inputs: u64) -> Vec<u8> {
+        let mut w = StatesWriter::new(Vec::new(), "mem", header(inputs)).unwrap();
+        let mut done = 0;
+        while done < inputs {
+            let n = (inputs - done).min(2);
+            let preds: Vec<u8> = (done..done + n)
+                .map(|i| if i == 1 { 7 } else { (i % 10) as u8 })
+                .collect();
+            let conv: Vec<u64> = (0..n * 4).map(|i| i % 8).collect();
+            let dense: Vec<u64> = (0..n * 2).map(|i| i << 60).collect();
+            w.write_chunk(&preds, &[&conv, &dense]).unwrap();
+            done += n;
+        }
+        w.finish().unwrap()
+    }
+
+    #[test]
+    fn round_trip_with_accuracy() {
+        let bytes = stream(5);
+        let mut r = StatesReader::new(bytes.as_slice(), "mem").unwrap();
+        assert_eq!(r.header(), &header(5));
+        let mut firsts = Vec::new();
+        while let Some(c) = r.next_chunk().unwrap() {
+            assert_eq!(c.layers[0].len(), c.predictions.len() * 4);
+            assert_eq!(c.layers[1].len(), c.predictions.len() * 2);
+            firsts.push(c.first_input);
+        }
+        assert_eq!(firsts, vec![0, 2, 4]);
+        assert_eq!(r.accuracy(), Some(0.8));
+    }
+
+    #[test]
+    fn every_cut_is_reported_as_truncated() {
+        let bytes = stream(3);
+        for cut in 0..bytes.len() {
+            let res = (|| {
+                let mut r = StatesReader::new(&bytes[..cut], "cut.states")?;
+                while r.next_chunk()?.is_some() {}
+                Ok::<_, IoError>(())
+            })();
+            let err = res.unwrap_err();
+            assert!(
+                matches!(err, IoError::Truncated { .. }),
+                "cut at {cut}: {err}"
+            );
+            assert!(err.to_string().contains("cut.states"));
+        }
+    }
+
+    #[test]
+    fn trailing_data_and_absurd_headers_are_corrupt() {
+        let mut bytes = stream(2);
+        bytes.push(0);
+        let mut r = StatesReader::new(bytes.as_slice(), "x").unwrap();
+        let err = loop {
+            match r.next_chunk() {
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("accepted trailing data"),
+                Err(e) => break e,
+            }
+        };
+        assert!(matches!(err, IoError::Corrupt { .. }), "{err}");
+
+        let mut h = header(1);
+        h.layers[0].neurons = u32::MAX;
+        assert!(matches!(h.validate("x"), Err(IoError::Corrupt { .. })));
+        let mut h = header(1);
+        h.chunk_inputs = u32::MAX;
+        h.layers[0].states_per_input = MAX_STATES_PER_INPUT;
+        assert!(matches!(h.validate("x"), Err(IoError::Corrupt { .. })));
+        // A header claiming 2^40 labels on a short stream: truncated, nothing huge allocated.
+        let mut bytes = Vec::new();
+        StreamKind::States
+            .write_header(&mut bytes, STATES_VERSION)
+            .unwrap();
+        encode(&mut bytes, &None::<ModelIdentity>, "x").unwrap();
+        encode(&mut bytes, &"mnist", "x").unwrap();
+        encode(&mut bytes, &"test", "x").unwrap();
+        encode(&mut bytes, &header(0).layers, "x").unwrap();
+        encode(&mut bytes, &(1u64 << 40), "x").unwrap();
+        encode(&mut bytes, &2u32, "x").unwrap();
+        encode(&mut bytes, &(1u64 << 40), "x").unwrap();
+        let err = StatesReader::new(bytes.as_slice(), "x").unwrap_err();
+        assert!(
+            matches!(err, IoError::Truncated { .. } | IoError::Corrupt { .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn wrong_kind_and_version() {
+        let mut bytes = Vec::new();
+        StreamKind::Model.write_header(&mut bytes, 1).unwrap();
+        let err = StatesReader::new(bytes.as_slice(), "m").unwrap_err();
+        assert!(matches!(err, IoError::WrongKind { .. }), "{err}");
+        let mut bytes = stream(1);
+        bytes[8] = 99;
+        let err = StatesReader::new(bytes.as_slice(), "m").unwrap_err();
+        assert!(matches!(err, IoError::Version { found: 99, .. }), "{err}");
+    }
+
+    #[test]
+    fn writer_rejects_misuse() {
+        let mut w = StatesWriter::new(Vec::new(), "mem", header(2)).unwrap();
+        assert!(w.write_chunk(&[0], &[&[0; 3], &[0; 2]]).is_err());
+        assert!(w.write_chunk(&[0, 1, 2], &[&[0; 12], &[0; 6]]).is_err());
+        w.write_chunk(&[0], &[&[0; 4], &[0; 2]]).unwrap();
+        assert!(w.finish().is_err());
+    }
+}

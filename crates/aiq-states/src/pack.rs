@@ -1,0 +1,143 @@
+//! The one definition of a state: neuron `i` is on iff its output is `> 0` (so `0.0`, `-0.0`
+//! and NaN are off), stored at bit `i % 64` of `u64` word `i / 64`, least significant bit
+//! first. This is TensorState's byte order read as little-endian words, so a state's value as
+//! an unsigned integer has bit `i` = neuron `i`.
+
+use ndarray::ArrayView2;
+
+/// Number of `u64` words holding the state of `neurons` neurons.
+pub const fn words_for(neurons: usize) -> usize {
+    neurons.div_ceil(64)
+}
+
+/// Packs one row of activations (one observed state) into `out`, which must hold exactly
+/// [`words_for`]`(row.len())` words.
+#[inline]
+pub fn pack_row(row: &[f32], out: &mut [u64]) {
+    debug_assert_eq!(out.len(), words_for(row.len()));
+    for (word, values) in out.iter_mut().zip(row.chunks(64)) {
+        let mut bits = 0u64;
+        for (i, &x) in values.iter().enumerate() {
+            // `x > 0.0` is false for NaN, 0.0 and -0.0: exactly the "off" cases.
+            bits |= u64::from(x > 0.0) << i;
+        }
+        *word = bits;
+    }
+}
+
+/// Packs every row of `acts` (observations × neurons) and appends the words to `out`, row
+/// after row.
+pub fn pack_rows(acts: ArrayView2<'_, f32>, out: &mut Vec<u64>) {
+    let (rows, neurons) = acts.dim();
+    let words = words_for(neurons);
+    let start = out.len();
+    out.resize(start + rows * words, 0);
+    let dest = &mut out[start..];
+    if neurons == 0 {
+        return;
+    }
+    match acts.as_slice() {
+        Some(flat) => {
+            for (row, w) in flat.chunks_exact(neurons).zip(dest.chunks_exact_mut(words)) {
+                pack_row(row, w);
+            }
+        }
+        None => {
+            let mut buf = vec![0f32; neurons];
+            for (row, w) in acts.rows().into_iter().zip(dest.chunks_exact_mut(words)) {
+                for (b, &x) in buf.iter_mut().zip(row.iter()) {
+                    *b = x;
+                }
+                pack_row(&buf, w);
+            }
+        }
+    }
+}
+
+/// Packs a channel-major block: `block` holds `neurons` planes of `positions` values each
+/// (one image of an NCHW array: value of neuron `c` at position `p` is
+/// `block[c * positions + p]`), giving one state per position, appended to `out`.
+pub fn pack_planes(block: &[f32], neurons: usize, positions: usize, out: &mut Vec<u64>) {
+    debug_assert_eq!(block.len(), neurons * positions);
+    let words = words_for(neurons);
+    let start = out.len();
+    out.resize(start + positions * words, 0);
+    let dest = &mut out[start..];
+    for (c, plane) in block
+        .chunks_exact(positions.max(1))
+        .enumerate()
+        .take(neurons)
+    {
+        let (word, bit) = (c / 64, c % 64);
+        for (p, &x) in plane.iter().enumerate() {
+            dest[p * words + word] |= u64::from(x > 0.0) << bit;
+        }
+    }
+}
+
+/// Reads bit `neuron` of a packed state.
+pub fn is_on(state: &[u64], neuron: usize) -> bool {
+    state[neuron / 64] >> (neuron % 64) & 1 == 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::Array2;
+
+    #[test]
+    fn zero_negative_zero_and_nan_are_off() {
+        let row = [
+            1.0,
+            0.0,
+            -0.0,
+            f32::NAN,
+            -1.0,
+            f32::MIN_POSITIVE,
+            f32::INFINITY,
+            1e-45,
+        ];
+        let mut w = [0u64; 1];
+        pack_row(&row, &mut w);
+        assert_eq!(w[0], 0b1110_0001);
+    }
+
+    #[test]
+    fn bit_order_is_lsb_first_across_words() {
+        let mut row = vec![0f32; 130];
+        row[0] = 1.0;
+        row[63] = 1.0;
+        row[64] = 2.0;
+        row[129] = 3.0;
+        let mut w = vec![0u64; words_for(130)];
+        pack_row(&row, &mut w);
+        assert_eq!(w, vec![1 | 1 << 63, 1, 0b10]);
+        assert!(is_on(&w, 129) && !is_on(&w, 128));
+    }
+
+    #[test]
+    fn rows_and_planes_agree() {
+        // 2 images × 3 channels × 4 positions, NCHW, versus the same data as rows.
+        let vals: Vec<f32> = (0..24).map(|i| ((i * 7 % 5) as f32) - 2.0).collect();
+        let mut planes = Vec::new();
+        for img in vals.chunks(12) {
+            pack_planes(img, 3, 4, &mut planes);
+        }
+        let mut rows = Array2::<f32>::zeros((8, 3));
+        for n in 0..2 {
+            for c in 0..3 {
+                for p in 0..4 {
+                    rows[[n * 4 + p, c]] = vals[n * 12 + c * 4 + p];
+                }
+            }
+        }
+        let mut packed = Vec::new();
+        pack_rows(rows.view(), &mut packed);
+        assert_eq!(planes, packed);
+        // A non-contiguous view (transposed twice over a column-major copy) packs the same.
+        let fortran = rows.t().as_standard_layout().to_owned();
+        let mut again = Vec::new();
+        pack_rows(fortran.t(), &mut again);
+        assert_eq!(again, packed);
+    }
+}
