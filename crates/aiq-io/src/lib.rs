@@ -35,7 +35,9 @@ pub enum IoError {
         #[source]
         source: io::Error,
     },
-    #[error("{name}: refusing to write binary data to a terminal; give -o FILE or pipe the output")]
+    #[error(
+        "{name}: refusing to write binary data to a terminal; give -o FILE or pipe the output"
+    )]
     Terminal { name: String },
     #[error("{name}: not an aiq stream (expected one of the magics {expected}, found {found:?})")]
     BadMagic {
@@ -154,7 +156,13 @@ impl StreamKind {
     }
 
     /// Checks an already-read header against the expected kind and version.
-    pub fn check(self, kind: StreamKind, found: u32, name: &str, version: u32) -> Result<(), IoError> {
+    pub fn check(
+        self,
+        kind: StreamKind,
+        found: u32,
+        name: &str,
+        version: u32,
+    ) -> Result<(), IoError> {
         if kind != self {
             return Err(IoError::WrongKind {
                 name: name.to_string(),
@@ -300,7 +308,10 @@ pub struct Input {
 
 impl fmt::Debug for Input {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Input").field("name", &self.name).field("len", &self.len).finish()
+        f.debug_struct("Input")
+            .field("name", &self.name)
+            .field("len", &self.len)
+            .finish()
     }
 }
 
@@ -313,7 +324,11 @@ impl Input {
             Some(p) => {
                 let name = p.display().to_string();
                 let file = File::open(p).map_err(|e| IoError::io(&name, e))?;
-                let len = file.metadata().ok().filter(|m| m.is_file()).map(|m| m.len());
+                let len = file
+                    .metadata()
+                    .ok()
+                    .filter(|m| m.is_file())
+                    .map(|m| m.len());
                 Ok(Input {
                     name,
                     reader: Box::new(BufReader::with_capacity(1 << 16, file)),
@@ -432,7 +447,9 @@ impl Output {
                 let tmp = writer
                     .into_inner()
                     .map_err(|e| IoError::io(&name, e.into_error()))?;
-                tmp.as_file().sync_all().map_err(|e| IoError::io(&name, e))?;
+                tmp.as_file()
+                    .sync_all()
+                    .map_err(|e| IoError::io(&name, e))?;
                 tmp.persist(&path)
                     .map_err(|e| IoError::io(&name, e.error))?;
                 Ok(())
@@ -520,12 +537,11 @@ mod tests {
         let mut bytes = Vec::new();
         bytes.extend_from_slice(&(1u64 << 60).to_le_bytes());
         bytes.resize(bytes.len() + (2 << 20), 0);
-        let err = decode_bounded::<Vec<u64>>(&mut bytes.as_slice(), 1 << 20, "x", "states")
-            .unwrap_err();
+        let err =
+            decode_bounded::<Vec<u64>>(&mut bytes.as_slice(), 1 << 20, "x", "states").unwrap_err();
         assert!(matches!(err, IoError::Corrupt { .. }), "{err}");
         // The same claim with nothing behind it is a cut stream, found without allocating it.
-        let err = decode_bounded::<Vec<u64>>(&mut &bytes[..8], 1 << 40, "x", "states")
-            .unwrap_err();
+        let err = decode_bounded::<Vec<u64>>(&mut &bytes[..8], 1 << 40, "x", "states").unwrap_err();
         assert!(matches!(err, IoError::Truncated { .. }), "{err}");
     }
 
@@ -534,8 +550,8 @@ mod tests {
         let mut bytes = Vec::new();
         encode(&mut bytes, &vec![1u32, 2, 3], "x").unwrap();
         bytes.truncate(bytes.len() - 2);
-        let err = decode_bounded::<Vec<u32>>(&mut bytes.as_slice(), 1 << 20, "x", "list")
-            .unwrap_err();
+        let err =
+            decode_bounded::<Vec<u32>>(&mut bytes.as_slice(), 1 << 20, "x", "list").unwrap_err();
         assert!(matches!(err, IoError::Truncated { .. }), "{err}");
     }
 
