@@ -484,6 +484,26 @@ mod tests {
     }
 
     #[test]
+    fn loads_the_real_fixture_subset() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/mnist");
+        let d = load(&dir, DatasetKind::Mnist).unwrap();
+        assert_eq!((d.train.len(), d.test.len()), (600, 200));
+        // MNIST's first training digit is a 5 and its first test digit a 7.
+        assert_eq!((d.train.labels[0], d.test.labels[0]), (5, 7));
+        for split in [&d.train, &d.test] {
+            let mut seen = [false; CLASSES];
+            split
+                .labels
+                .iter()
+                .for_each(|&l| seen[usize::from(l)] = true);
+            assert!(seen.iter().all(|&s| s), "every class occurs");
+        }
+        // Real digits: mostly black background, some full-intensity strokes.
+        let dark = d.test.images.iter().filter(|&&p| p == 0.0).count() as f64;
+        assert!(dark / d.test.images.len() as f64 > 0.7);
+    }
+
+    #[test]
     fn dataset_names_round_trip() {
         for k in [
             DatasetKind::Mnist,

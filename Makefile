@@ -1,0 +1,78 @@
+# aiq: neural efficiency and aIQ of LeNets (Schaub & Hotaling 2023).
+# `make demo` fetches MNIST, builds, trains a small LeNet-5 and prints its aIQ table;
+# `make test` runs every test. `make help` lists the rest.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DELETE_ON_ERROR:
+
+CARGO     ?= cargo
+PYTHON    ?= python3
+DATA      ?= data
+FEATURES  ?=
+BIN       ?= target/release
+THREADS   ?= $(shell nproc)
+# The demo: the paper's best-aIQ LeNet-5 on the full MNIST, a few epochs.
+DEMO_ARCH   ?= lenet5
+DEMO_WIDTHS ?= 3,9,4
+DEMO_EPOCHS ?= 10
+DEMO_SEED   ?= 1
+DEMO_DIR    ?= runs/demo
+
+CARGO_FEATURES := $(if $(FEATURES),--features $(FEATURES),)
+TOOLS := train dump-states count-states score-aiq aiq-report layer-algebra
+
+.PHONY: help data data-fashion build demo test test-rust lint fmt bench clean
+
+help:
+	@echo "make demo          fetch MNIST, build, train LeNet-5 ($(DEMO_WIDTHS)) and print its aIQ table"
+	@echo "make test          run every test (unit, end-to-end, oracle)"
+	@echo "make data          fetch the four MNIST files into $(DATA)/mnist and verify their MD5"
+	@echo "make data-fashion  Fashion-MNIST from Debian's dataset-fashion-mnist into $(DATA)/fashion"
+	@echo "make build         release binaries in $(BIN) (FEATURES=openblas for the system OpenBLAS)"
+	@echo "make bench         criterion benches"
+	@echo "make lint          rustfmt check and clippy with warnings as errors"
+
+# ---- data ------------------------------------------------------------------------------
+# Always runs: it re-verifies every file's MD5 (0.3 s) and downloads only what is missing.
+data:
+	$(PYTHON) scripts/fetch-mnist.py $(DATA)/mnist
+
+# Fashion-MNIST: Debian's package ships the four .gz files; copy them and check their MD5.
+data-fashion:
+	bash scripts/fetch-fashion.sh $(DATA)/fashion
+
+# ---- build -----------------------------------------------------------------------------
+build:
+	$(CARGO) build --release --locked $(CARGO_FEATURES) $(addprefix --bin ,$(TOOLS))
+
+# ---- the demo: train -> dump-states -> count-states -> score-aiq on the real MNIST -----
+demo: data build
+	@mkdir -p $(DEMO_DIR)
+	$(BIN)/train --arch $(DEMO_ARCH) --widths $(DEMO_WIDTHS) --seed $(DEMO_SEED) \
+	  --max-epochs $(DEMO_EPOCHS) --data $(DATA)/mnist --threads $(THREADS) \
+	  --log $(DEMO_DIR)/train.log -o $(DEMO_DIR)/model.bin
+	$(BIN)/dump-states --model $(DEMO_DIR)/model.bin --data $(DATA)/mnist -o $(DEMO_DIR)/states.bin
+	$(BIN)/count-states $(DEMO_DIR)/states.bin -o $(DEMO_DIR)/counts.bin
+	$(BIN)/score-aiq $(DEMO_DIR)/counts.bin
+
+# ---- tests -----------------------------------------------------------------------------
+# Everything the tests need is in the repository (fixtures/), so no download happens here.
+test: test-rust
+
+test-rust:
+	$(CARGO) test --workspace --locked --no-fail-fast
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+bench:
+	$(CARGO) bench --locked $(CARGO_FEATURES)
+
+clean:
+	$(CARGO) clean
+	rm -rf runs
