@@ -1,1 +1,420 @@
-//! aiq-count (work in progress).
+//! Exact counting of distinct neuron states, the mergeable counts format and `.npy` import.
+//!
+//! [`count_states`] reads a states stream (`AIQSTATE`) and counts every layer's distinct
+//! states exactly, in parallel over chunks, with memory bounded by the distinct states rather
+//! than the observations. The result, [`Counts`], holds each layer's distinct states sorted by
+//! value with their counts, and is written and read as the `AIQCOUNT` stream
+//! ([`write_counts`], [`read_counts`]). Counts of shards [`Counts::merge`] into the counts of
+//! the whole. [`count_npy`] counts activations exported from any framework.
+//!
+//! ```
+//! use aiq_count::LayerCounter;
+//! let mut c = LayerCounter::new(3);
+//! c.add(&[0b101, 0b001, 0b101]);
+//! let layer = c.finish("dense", 1);
+//! assert_eq!((layer.states, layer.counts), (vec![0b001, 0b101], vec![1, 2]));
+//! ```
+
+// Tests may unwrap: a panic there is a test failure with its message.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod counter;
+mod format;
+mod npy;
+
+use std::io::Read;
+
+use aiq_io::{IoError, Provenance};
+use aiq_states::{words_for, ModelIdentity, StatesReader};
+use rayon::iter::{ParallelBridge, ParallelIterator};
+use serde::{Deserialize, Serialize};
+
+pub use counter::{FoldHasher, LayerCounter};
+pub use format::{read_counts, read_counts_after_magic, write_counts, COUNTS_VERSION};
+pub use npy::{count_npy, read_npy_header, NpyHeader};
+
+/// What was measured: carried from the states header into the counts header and the score.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Measurement {
+    /// The measured model (`None` for arrays imported from `.npy`).
+    pub model: Option<ModelIdentity>,
+    /// The data set measured.
+    pub dataset: Option<String>,
+    /// `test` or `train`.
+    pub split: Option<String>,
+    /// Inputs measured, when known.
+    pub inputs: Option<u64>,
+    /// Inputs predicted correctly, when known.
+    pub correct: Option<u64>,
+    /// The chain of tools that produced these counts, oldest first (the model's own
+    /// training provenance is in `model`).
+    pub provenance: Vec<Provenance>,
+}
+
+impl Measurement {
+    /// Accuracy on the measured inputs, when known.
+    pub fn accuracy(&self) -> Option<f64> {
+        match (self.correct, self.inputs) {
+            (Some(c), Some(n)) if n > 0 => Some(c as f64 / n as f64),
+            _ => None,
+        }
+    }
+}
+
+/// One layer's distinct states, ascending by value, and how often each was seen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerCounts {
+    pub name: String,
+    pub neurons: u32,
+    /// States per input (spatial positions of a conv layer; 0 when unknown).
+    pub states_per_input: u32,
+    /// Observed states, duplicates included (= the sum of `counts`).
+    pub observations: u64,
+    /// Distinct states, `words()` words each, strictly ascending by value.
+    pub states: Vec<u64>,
+    /// Count of each distinct state.
+    pub counts: Vec<u64>,
+}
+
+impl LayerCounts {
+    /// `u64` words per state.
+    pub fn words(&self) -> usize {
+        words_for(self.neurons as usize).max(1)
+    }
+
+    pub fn distinct(&self) -> usize {
+        self.counts.len()
+    }
+
+    /// The `i`-th distinct state.
+    pub fn state(&self, i: usize) -> &[u64] {
+        let w = self.words();
+        &self.states[i * w..(i + 1) * w]
+    }
+
+    /// Checks the invariants a reader relies on; the error says which one fails.
+    pub fn check(&self) -> Result<(), String> {
+        let w = self.words();
+        if self.states.len() != self.counts.len() * w {
+            return Err(format!(
+                "layer {:?}: {} words for {} states",
+                self.name,
+                self.states.len(),
+                self.counts.len()
+            ));
+        }
+        let mut total = 0u64;
+        for (i, &c) in self.counts.iter().enumerate() {
+            if c == 0 {
+                return Err(format!("layer {:?}: a state counted 0 times", self.name));
+            }
+            total = total
+                .checked_add(c)
+                .ok_or_else(|| format!("layer {:?}: counts overflow", self.name))?;
+            let s = self.state(i);
+            let spare = w * 64 - self.neurons as usize;
+            if spare > 0 && s[w - 1] >> (64 - spare) != 0 {
+                return Err(format!(
+                    "layer {:?}: a state has bits beyond its {} neurons",
+                    self.name, self.neurons
+                ));
+            }
+            if i > 0 && self.state(i - 1).iter().rev().cmp(s.iter().rev()).is_ge() {
+                return Err(format!(
+                    "layer {:?}: states not strictly ascending",
+                    self.name
+                ));
+            }
+        }
+        if total != self.observations {
+            return Err(format!(
+                "layer {:?}: counts sum to {total}, header says {} observations",
+                self.name, self.observations
+            ));
+        }
+        Ok(())
+    }
+
+    /// Adds another layer's counts of the same states (a linear merge of two sorted lists).
+    fn merge(&mut self, other: &LayerCounts) {
+        let w = self.words();
+        let (mut states, mut counts) = (Vec::new(), Vec::new());
+        let (mut i, mut j) = (0, 0);
+        while i < self.distinct() || j < other.distinct() {
+            let ord = if i == self.distinct() {
+                std::cmp::Ordering::Greater
+            } else if j == other.distinct() {
+                std::cmp::Ordering::Less
+            } else {
+                self.state(i).iter().rev().cmp(other.state(j).iter().rev())
+            };
+            match ord {
+                std::cmp::Ordering::Less => {
+                    states.extend_from_slice(self.state(i));
+                    counts.push(self.counts[i]);
+                    i += 1;
+                }
+                std::cmp::Ordering::Greater => {
+                    states.extend_from_slice(other.state(j));
+                    counts.push(other.counts[j]);
+                    j += 1;
+                }
+                std::cmp::Ordering::Equal => {
+                    states.extend_from_slice(self.state(i));
+                    counts.push(self.counts[i] + other.counts[j]);
+                    i += 1;
+                    j += 1;
+                }
+            }
+        }
+        debug_assert_eq!(states.len(), counts.len() * w);
+        self.states = states;
+        self.counts = counts;
+        self.observations += other.observations;
+    }
+}
+
+/// Every layer's counts plus what was measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Counts {
+    pub measurement: Measurement,
+    pub layers: Vec<LayerCounts>,
+}
+
+/// Counts that cannot be merged, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot merge {name} into the counts before it: {detail}")]
+pub struct MergeError {
+    pub name: String,
+    pub detail: String,
+}
+
+impl Counts {
+    /// Adds the counts of another shard of the same measurement: same model, data set,
+    /// split and layers. Counts of equal states add; inputs and correct predictions add.
+    pub fn merge(&mut self, other: Counts, name: &str) -> Result<(), MergeError> {
+        let err = |detail: String| MergeError {
+            name: name.to_string(),
+            detail,
+        };
+        let (a, b) = (&self.measurement, &other.measurement);
+        if a.model != b.model {
+            return Err(err("they measure different models".into()));
+        }
+        if (&a.dataset, &a.split) != (&b.dataset, &b.split) {
+            return Err(err(format!(
+                "data set/split {:?}/{:?} versus {:?}/{:?}",
+                b.dataset, b.split, a.dataset, a.split
+            )));
+        }
+        let layout = |c: &Counts| {
+            c.layers
+                .iter()
+                .map(|l| (l.name.clone(), l.neurons))
+                .collect::<Vec<_>>()
+        };
+        if layout(self) != layout(&other) {
+            return Err(err(format!(
+                "layers {:?} versus {:?}",
+                layout(&other),
+                layout(self)
+            )));
+        }
+        for (l, o) in self.layers.iter_mut().zip(&other.layers) {
+            l.merge(o);
+            if l.states_per_input != o.states_per_input {
+                l.states_per_input = 0;
+            }
+        }
+        let m = &mut self.measurement;
+        let add = |x: Option<u64>, y: Option<u64>| x.zip(y).map(|(x, y)| x + y);
+        m.inputs = add(m.inputs, other.measurement.inputs);
+        m.correct = add(m.correct, other.measurement.correct);
+        m.provenance.extend(other.measurement.provenance);
+        Ok(())
+    }
+}
+
+/// Counts every layer of a states stream, in parallel over chunks (rayon's threads), and
+/// checks the stream to its end record: a stream cut short is an error, never counted in part.
+/// `tool` is appended to the provenance chain.
+pub fn count_states<R: Read + Send>(
+    mut reader: StatesReader<R>,
+    tool: Provenance,
+) -> Result<Counts, IoError> {
+    let header = reader.header().clone();
+    let fresh = || -> Vec<LayerCounter> {
+        header
+            .layers
+            .iter()
+            .map(|l| LayerCounter::new(l.neurons))
+            .collect()
+    };
+    let mut failed = false;
+    let chunks = std::iter::from_fn(|| {
+        if failed {
+            return None;
+        }
+        let next = reader.next_chunk().transpose();
+        failed = matches!(next, Some(Err(_)));
+        next
+    });
+    let counters = chunks
+        .par_bridge()
+        .try_fold(fresh, |mut counters, chunk| {
+            for (c, words) in counters.iter_mut().zip(&chunk?.layers) {
+                c.add(words);
+            }
+            Ok::<_, IoError>(counters)
+        })
+        .try_reduce(fresh, |mut a, b| {
+            for (x, y) in a.iter_mut().zip(b) {
+                x.merge(y);
+            }
+            Ok(a)
+        })?;
+    // `try_reduce` succeeded: every chunk was read; the end record was checked by the reader.
+    let inputs = header.inputs;
+    let correct = reader.correct();
+    if !reader.ended() {
+        return Err(IoError::Truncated {
+            name: reader.name().to_string(),
+            what: "no end record".to_string(),
+        });
+    }
+    let layers = counters
+        .into_iter()
+        .zip(&header.layers)
+        .map(|(c, spec)| c.finish(&spec.name, spec.states_per_input))
+        .collect();
+    let mut provenance = vec![header.provenance];
+    provenance.push(tool);
+    Ok(Counts {
+        measurement: Measurement {
+            model: header.model,
+            dataset: Some(header.dataset),
+            split: Some(header.split),
+            inputs: Some(inputs),
+            correct: Some(correct),
+            provenance,
+        },
+        layers,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aiq_states::{LayerSpec, StatesHeader, StatesWriter};
+
+    /// A states stream of `inputs` inputs starting at `first`: a 3-neuron conv layer with
+    /// 4 positions and a 70-neuron dense layer, states derived from the input index.
+    fn stream(first: u64, inputs: u64) -> Vec<u8> {
+        let header = StatesHeader {
+            model: None,
+            dataset: "mnist".into(),
+            split: "test".into(),
+            layers: vec![
+                LayerSpec {
+                    name: "conv1".into(),
+                    neurons: 3,
+                    states_per_input: 4,
+                },
+                LayerSpec {
+                    name: "dense".into(),
+                    neurons: 70,
+                    states_per_input: 1,
+                },
+            ],
+            inputs,
+            chunk_inputs: 3,
+            labels: (first..first + inputs).map(|i| (i % 10) as u8).collect(),
+            provenance: Provenance::current("test", "0"),
+        };
+        let mut w = StatesWriter::new(Vec::new(), "mem", header).unwrap();
+        let mut i = first;
+        while i < first + inputs {
+            let n = (first + inputs - i).min(3);
+            let preds: Vec<u8> = (i..i + n).map(|k| (k % 7) as u8).collect();
+            let conv: Vec<u64> = (i * 4..(i + n) * 4).map(|k| k * k % 8).collect();
+            let dense: Vec<u64> = (i..i + n).flat_map(|k| [k % 5, (k % 3) << 4]).collect();
+            w.write_chunk(&preds, &[&conv, &dense]).unwrap();
+            i += n;
+        }
+        w.finish().unwrap()
+    }
+
+    fn count(bytes: &[u8]) -> Result<Counts, IoError> {
+        count_states(
+            StatesReader::new(bytes, "mem")?,
+            Provenance::current("count", "0"),
+        )
+    }
+
+    #[test]
+    fn shards_add_up_to_the_whole() {
+        let whole = count(&stream(0, 20)).unwrap();
+        assert_eq!(whole.layers[0].observations, 80);
+        assert_eq!(whole.layers[0].states, vec![0, 1, 4]);
+        assert_eq!(whole.layers[1].distinct(), 15);
+        let mut merged = count(&stream(0, 7)).unwrap();
+        merged.merge(count(&stream(7, 13)).unwrap(), "b").unwrap();
+        assert_eq!(merged.layers, whole.layers);
+        assert_eq!(merged.measurement.inputs, Some(20));
+        assert_eq!(merged.measurement.correct, whole.measurement.correct);
+        // Labels i % 10 and predictions i % 7 agree for i in 0..7 and 70.. only.
+        assert_eq!(whole.measurement.accuracy(), Some(7.0 / 20.0));
+    }
+
+    #[test]
+    fn counts_file_round_trip_and_damage() {
+        let counts = count(&stream(0, 10)).unwrap();
+        let mut bytes = Vec::new();
+        write_counts(&mut bytes, &counts, "c").unwrap();
+        assert_eq!(read_counts(&mut bytes.as_slice(), "c").unwrap(), counts);
+        for cut in [0, 5, 12, 40, bytes.len() - 9, bytes.len() - 1] {
+            let e = read_counts(&mut &bytes[..cut], "c").unwrap_err();
+            assert!(matches!(e, IoError::Truncated { .. }), "cut {cut}: {e}");
+        }
+        // Swap the first two records of the last layer: out of order.
+        let mut bad = bytes.clone();
+        let n = bad.len();
+        let (a, b) = (n - 10 * 24, n - 9 * 24);
+        let first: Vec<u8> = bad[a..b].to_vec();
+        bad.copy_within(b..b + 24, a);
+        bad[b..b + 24].copy_from_slice(&first);
+        let e = read_counts(&mut bad.as_slice(), "c").unwrap_err();
+        assert!(e.to_string().contains("ascending"), "{e}");
+        // A changed count no longer sums to the observations.
+        let mut bad = bytes.clone();
+        bad[n - 8] ^= 2;
+        let e = read_counts(&mut bad.as_slice(), "c").unwrap_err();
+        assert!(e.to_string().contains("sum"), "{e}");
+        let mut long = bytes.clone();
+        long.push(1);
+        assert!(matches!(
+            read_counts(&mut long.as_slice(), "c"),
+            Err(IoError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn cut_states_stream_is_never_counted() {
+        let bytes = stream(0, 10);
+        for cut in [bytes.len() - 1, bytes.len() - 20, bytes.len() / 2, 30] {
+            let e = count(&bytes[..cut]).unwrap_err();
+            assert!(matches!(e, IoError::Truncated { .. }), "cut {cut}: {e}");
+        }
+    }
+
+    #[test]
+    fn merge_refuses_other_layers() {
+        let mut a = count(&stream(0, 4)).unwrap();
+        let mut b = count(&stream(0, 4)).unwrap();
+        b.layers[1].name = "other".into();
+        assert!(a.merge(b, "b").is_err());
+        let mut b = count(&stream(0, 4)).unwrap();
+        b.measurement.split = Some("train".into());
+        assert!(a.merge(b, "b").is_err());
+    }
+}

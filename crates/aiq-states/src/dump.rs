@@ -413,7 +413,19 @@ impl<R: Read> StatesReader<R> {
                             ),
                         });
                     }
-                    layers.push(words_from_le(&self.bytes));
+                    let states = words_from_le(&self.bytes);
+                    let spare = spec.words() * 64 - spec.neurons as usize;
+                    if spare > 0 {
+                        let w = spec.words();
+                        let stray = states.chunks_exact(w).fold(0, |acc, s| acc | s[w - 1]);
+                        if stray >> (64 - spare) != 0 {
+                            return Err(corrupt(format!(
+                                "layer {:?} has states with bits beyond its {} neurons",
+                                spec.name, spec.neurons
+                            )));
+                        }
+                    }
+                    layers.push(states);
                 }
                 let labels = &self.header.labels[first as usize..(first + n) as usize];
                 self.correct += predictions
@@ -496,7 +508,7 @@ mod tests {
                 .map(|i| if i == 1 { 7 } else { (i % 10) as u8 })
                 .collect();
             let conv: Vec<u64> = (0..n * 4).map(|i| i % 8).collect();
-            let dense: Vec<u64> = (0..n * 2).map(|i| i << 60).collect();
+            let dense: Vec<u64> = (0..n * 2).map(|i| (i % 4) << 2).collect();
             w.write_chunk(&preds, &[&conv, &dense]).unwrap();
             done += n;
         }
@@ -574,6 +586,16 @@ mod tests {
             matches!(err, IoError::Truncated { .. } | IoError::Corrupt { .. }),
             "{err}"
         );
+    }
+
+    #[test]
+    fn bits_beyond_the_neurons_are_corrupt() {
+        let mut w = StatesWriter::new(Vec::new(), "mem", header(1)).unwrap();
+        w.write_chunk(&[0], &[&[0; 4], &[0, 1 << 6]]).unwrap();
+        let bytes = w.finish().unwrap();
+        let mut r = StatesReader::new(bytes.as_slice(), "mem").unwrap();
+        let err = r.next_chunk().unwrap_err();
+        assert!(err.to_string().contains("beyond its 70 neurons"), "{err}");
     }
 
     #[test]

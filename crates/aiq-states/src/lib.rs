@@ -13,6 +13,9 @@
 //! assert_eq!(state, vec![0b1001]);
 //! ```
 
+// Tests may unwrap: a panic there is a test failure with its message.
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 mod dump;
 mod pack;
 
