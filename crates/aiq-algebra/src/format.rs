@@ -4,14 +4,14 @@ use crate::graph::Analysis;
 
 const HEADER: [&str; 7] = ["layer", "kind", "output", "c", "p", "C (cum.)", "P (cum.)"];
 
-/// `x` with 4 significant digits: fixed notation between 1e-3 and 1e6, scientific outside,
+/// `x` with 4 significant digits: fixed notation between 1e-3 and 1e5, scientific outside,
 /// so values from softmax's 1.342e-5 to a GCC of 1e12 stay short and comparable.
 pub fn sig4(x: f64) -> String {
     if x == 0.0 || !x.is_finite() {
         return format!("{x}");
     }
     let exp = x.abs().log10().floor() as i32;
-    if (-3..6).contains(&exp) {
+    if (-3..5).contains(&exp) {
         format!("{:.*}", (3 - exp).max(0) as usize, x)
     } else {
         format!("{x:.3e}")
@@ -105,6 +105,7 @@ mod tests {
     fn four_significant_digits() {
         assert_eq!(sig4(0.0881632653), "0.08816");
         assert_eq!(sig4(74540.0), "74540");
+        assert_eq!(sig4(184526.9), "1.845e5");
         assert_eq!(sig4(1.713), "1.713");
         assert_eq!(sig4(0.0), "0");
         assert_eq!(sig4(1.342e-5), "1.342e-5");
