@@ -37,9 +37,9 @@
 //!   convolution" (§5.4); it applies one `K`-element window to each feature map, i.e. one
 //!   filter per output map, as a convolution's `n_k` counts the filters producing its output
 //!   maps. So 2×2/2 pooling of 24×24×3 has `p = 3·144/(4·576) = 0.1875` and
-//!   `c = 3·log2 4 = 6`. (The other reading, `n_k = 1`, would make a pooling layer's values
-//!   independent of the width it pools, unlike every other weighting layer.) Max and average
-//!   pooling get the same values, as in the paper.
+//!   `c = 3·log2 4 = 6`. (The other reading, one shared window with `n_k = 1`, would value
+//!   pooling 3 maps the same as pooling 300.) Max and average pooling get the same values,
+//!   as in the paper.
 //! - **Layers that change nothing are transparent.** Batch norm (§5.10), dropout (§5.11),
 //!   flatten (a reshape) and the add of a merge have no transfer function: the neutral
 //!   element of the products (eq. 18) is 1 but that of the sum (eq. 3) is 0, so no single
