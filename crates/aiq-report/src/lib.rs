@@ -5,7 +5,8 @@
 //! all, groups runs that differ only by seed, summarizes every metric as mean and half-width
 //! of the 95% Student-t interval (the paper's "mean ± 95% CI of 11 replicates"), and writes:
 //!
-//! - `summary.csv` and `summary.json`: one entry per configuration;
+//! - `summary.csv` and `summary.json`: one entry per configuration (`summary.json` is written
+//!   last, so its presence means a complete report);
 //! - `tables.md`: the paper's Tables 1–4;
 //! - `fig1-*.png` / `fig1-*.svg`: Figure 1's heatmaps over N1 × N2.
 //!
@@ -126,6 +127,11 @@ pub fn write_report(
             put(&format!("{}.svg", map.stem), map.to_svg(&stamp)?.as_bytes())?;
         }
     }
+    // Last, so that its presence means the whole report was written (make's target).
+    put(
+        "summary.json",
+        aggregate::to_json(&groups, provenance).as_bytes(),
+    )?;
     Ok(Written {
         runs: runs.len(),
         groups: groups.len(),

@@ -178,7 +178,7 @@ pub fn table1(groups: &[Group]) -> String {
             "| {} | Test accuracy (%) | aIQ (β = {beta}) | Parameters (fold decrease) |",
             layer_header(nl)
         );
-        let _ = writeln!(out, "|{}---|---|---|---|", "---|".repeat(nl));
+        let _ = writeln!(out, "|{}", "---|".repeat(nl + 3));
         for g in by_acc.iter().chain(by_aiq.iter()) {
             let _ = writeln!(
                 out,
@@ -250,7 +250,7 @@ pub fn table2(groups: &[Group]) -> String {
             layer_header(nl),
             cands[0].beta
         );
-        let _ = writeln!(out, "|{}---|---|---|---|", "---|".repeat(nl));
+        let _ = writeln!(out, "|{}", "---|".repeat(nl + 4));
         for widths in &picks {
             let block: Vec<&Group> = cands
                 .iter()
@@ -499,6 +499,20 @@ mod tests {
         // 8x4 has 1200 parameters vs 12800: 10.7× fold decrease.
         assert!(rows[3].ends_with("1,200 (10.7×) |"), "{t}");
         assert!(t.contains("n = 3"));
+        assert_columns(&t);
+    }
+
+    /// Every row of every Markdown table has as many cells as its header.
+    fn assert_columns(md: &str) {
+        let mut want = None;
+        for line in md.lines() {
+            if !line.starts_with('|') {
+                want = None;
+                continue;
+            }
+            let n = line.matches('|').count();
+            assert_eq!(*want.get_or_insert(n), n, "{line}\n{md}");
+        }
     }
 
     #[test]
@@ -508,6 +522,7 @@ mod tests {
         assert!(t.contains("| 8 | 4 | None |"), "{t}");
         assert!(t.contains("|  |  | BatchNorm | **94.00 ± "), "{t}");
         assert_eq!(t.matches("| None |").count(), 1, "{t}");
+        assert_columns(&t);
     }
 
     #[test]
@@ -524,6 +539,7 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("| 8 | 4 | 94.00 ± 2.48 | 87.00 ± 2.48 |"), "{t}");
+        assert_columns(&t);
         let t4 = table4(&sample());
         assert!(t4.contains("No EMNIST measurements"), "{t4}");
     }
