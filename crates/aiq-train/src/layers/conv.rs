@@ -1,0 +1,253 @@
+//! 'Valid' 2-D convolution, stride 1, on NHWC activations, as im2col + GEMM.
+//!
+//! The kernel is stored `(kh, kw, c_in) × c_out` row-major (Keras' `(kh, kw, c_in, c_out)`
+//! layout flattened), which is exactly the column order im2col produces: each im2col row is
+//! `k` contiguous runs of `k·c_in` input values, so building it is `k` memcpys per output
+//! position. Images are processed in chunks so the im2col buffer stays under [`COL_CAP`]
+//! floats whatever the widths, and the backward pass rebuilds it rather than keeping it.
+
+use crate::gemm::gemm;
+
+/// Most floats an im2col buffer holds (8 MiB): big enough for efficient GEMMs, small enough
+/// to stay in cache and to bound memory at width 1024.
+pub(crate) const COL_CAP: usize = 1 << 21;
+
+/// Shape of one convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ConvShape {
+    pub h: usize,
+    pub w: usize,
+    pub cin: usize,
+    pub cout: usize,
+    pub k: usize,
+}
+
+impl ConvShape {
+    pub fn oh(&self) -> usize {
+        self.h + 1 - self.k
+    }
+    pub fn ow(&self) -> usize {
+        self.w + 1 - self.k
+    }
+    /// Length of one im2col row: `k·k·c_in`.
+    pub fn kdim(&self) -> usize {
+        self.k * self.k * self.cin
+    }
+    pub fn in_size(&self) -> usize {
+        self.h * self.w * self.cin
+    }
+    pub fn out_size(&self) -> usize {
+        self.oh() * self.ow() * self.cout
+    }
+    /// Images per im2col chunk.
+    pub fn chunk(&self) -> usize {
+        (COL_CAP / (self.oh() * self.ow() * self.kdim())).max(1)
+    }
+    /// Floats of im2col scratch needed for `n` images.
+    pub fn col_len(&self, n: usize) -> usize {
+        n.min(self.chunk()) * self.oh() * self.ow() * self.kdim()
+    }
+}
+
+/// im2col of `imgs` images starting at `x` into `col` (`imgs·oh·ow × kdim`).
+fn im2col(x: &[f32], imgs: usize, s: &ConvShape, col: &mut [f32]) {
+    let (oh, ow, k, c) = (s.oh(), s.ow(), s.k, s.cin);
+    let run = k * c;
+    let kdim = s.kdim();
+    let mut rows = col[..imgs * oh * ow * kdim].chunks_exact_mut(kdim);
+    for img in x[..imgs * s.in_size()].chunks_exact(s.in_size()) {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let row = rows.next().expect("im2col: row count");
+                for dy in 0..k {
+                    let start = ((oy + dy) * s.w + ox) * c;
+                    row[dy * run..(dy + 1) * run].copy_from_slice(&img[start..start + run]);
+                }
+            }
+        }
+    }
+}
+
+/// Adds each im2col row of `dcol` back onto the input positions it was built from.
+fn col2im_add(dcol: &[f32], imgs: usize, s: &ConvShape, dx: &mut [f32]) {
+    let (oh, ow, k, c) = (s.oh(), s.ow(), s.k, s.cin);
+    let run = k * c;
+    let kdim = s.kdim();
+    let mut rows = dcol[..imgs * oh * ow * kdim].chunks_exact(kdim);
+    for img in dx[..imgs * s.in_size()].chunks_exact_mut(s.in_size()) {
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let row = rows.next().expect("col2im: row count");
+                for dy in 0..k {
+                    let start = ((oy + dy) * s.w + ox) * c;
+                    for (d, v) in img[start..start + run]
+                        .iter_mut()
+                        .zip(&row[dy * run..(dy + 1) * run])
+                    {
+                        *d += v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `y = conv(x, w) + b` for `n` images; `col` is scratch of at least `s.col_len(n)`.
+pub(crate) fn forward(
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    n: usize,
+    s: &ConvShape,
+    col: &mut [f32],
+    y: &mut [f32],
+) {
+    let pos = s.oh() * s.ow();
+    for row in y[..n * s.out_size()].chunks_exact_mut(s.cout) {
+        row.copy_from_slice(b);
+    }
+    let mut i = 0;
+    while i < n {
+        let imgs = s.chunk().min(n - i);
+        im2col(&x[i * s.in_size()..], imgs, s, col);
+        let rows = imgs * pos;
+        gemm(
+            false,
+            false,
+            rows,
+            s.cout,
+            s.kdim(),
+            1.0,
+            col,
+            w,
+            1.0,
+            &mut y[i * s.out_size()..],
+        );
+        i += imgs;
+    }
+}
+
+/// Gradients of one shard: `dw`, `db` overwritten, and `dx` (overwritten) when asked.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward(
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    n: usize,
+    s: &ConvShape,
+    col: &mut [f32],
+    dw: &mut [f32],
+    db: &mut [f32],
+    mut dx: Option<&mut [f32]>,
+) {
+    let pos = s.oh() * s.ow();
+    let kdim = s.kdim();
+    super::dense::column_sums(dy, n * pos, s.cout, db);
+    if let Some(dx) = dx.as_deref_mut() {
+        dx[..n * s.in_size()].fill(0.0);
+    }
+    let mut i = 0;
+    while i < n {
+        let imgs = s.chunk().min(n - i);
+        let rows = imgs * pos;
+        let dy_c = &dy[i * s.out_size()..];
+        im2col(&x[i * s.in_size()..], imgs, s, col);
+        let beta = if i == 0 { 0.0 } else { 1.0 };
+        gemm(true, false, kdim, s.cout, rows, 1.0, col, dy_c, beta, dw);
+        if let Some(dx) = dx.as_deref_mut() {
+            gemm(false, true, rows, kdim, s.cout, 1.0, dy_c, w, 0.0, col);
+            col2im_add(col, imgs, s, &mut dx[i * s.in_size()..]);
+        }
+        i += imgs;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layers::check::*;
+
+    /// Direct convolution, the definition.
+    fn naive(x: &[f32], w: &[f32], b: &[f32], n: usize, s: &ConvShape) -> Vec<f32> {
+        let mut y = vec![0.0; n * s.out_size()];
+        for i in 0..n {
+            for oy in 0..s.oh() {
+                for ox in 0..s.ow() {
+                    for co in 0..s.cout {
+                        let mut acc = b[co];
+                        for dy in 0..s.k {
+                            for dx in 0..s.k {
+                                for ci in 0..s.cin {
+                                    let xv = x[i * s.in_size()
+                                        + ((oy + dy) * s.w + ox + dx) * s.cin
+                                        + ci];
+                                    let wv = w[((dy * s.k + dx) * s.cin + ci) * s.cout + co];
+                                    acc += xv * wv;
+                                }
+                            }
+                        }
+                        y[i * s.out_size() + (oy * s.ow() + ox) * s.cout + co] = acc;
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn forward_matches_direct_convolution_across_chunks() {
+        let s = ConvShape {
+            h: 7,
+            w: 6,
+            cin: 2,
+            cout: 3,
+            k: 3,
+        };
+        let n = 3;
+        let mut g = rng(3);
+        let x = uniform(&mut g, n * s.in_size(), -1.0, 1.0);
+        let w = uniform(&mut g, s.kdim() * s.cout, -1.0, 1.0);
+        let b = uniform(&mut g, s.cout, -1.0, 1.0);
+        let want = naive(&x, &w, &b, n, &s);
+        let mut col = vec![0.0; s.col_len(n)];
+        let mut y = vec![0.0; n * s.out_size()];
+        forward(&x, &w, &b, n, &s, &mut col, &mut y);
+        for (a, b) in y.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn gradients_match_finite_differences() {
+        let s = ConvShape {
+            h: 6,
+            w: 5,
+            cin: 2,
+            cout: 3,
+            k: 3,
+        };
+        let n = 2;
+        let mut g = rng(4);
+        let mut x = uniform(&mut g, n * s.in_size(), -1.0, 1.0);
+        let mut w = uniform(&mut g, s.kdim() * s.cout, -1.0, 1.0);
+        let mut b = uniform(&mut g, s.cout, -1.0, 1.0);
+        let r = uniform(&mut g, n * s.out_size(), -1.0, 1.0);
+        let mut col = vec![0.0; s.col_len(n)];
+        let (mut dw, mut db, mut dx) = (vec![0.0; w.len()], vec![0.0; s.cout], vec![7.0; x.len()]);
+        backward(&x, &w, &r, n, &s, &mut col, &mut dw, &mut db, Some(&mut dx));
+        let mut y = vec![0.0; n * s.out_size()];
+        let (x0, w0, b0) = (x.clone(), w.clone(), b.clone());
+        grad_check("conv dx", &mut x, &dx, 1, 1e-2, |x| {
+            forward(x, &w0, &b0, n, &s, &mut col, &mut y);
+            dot(&r, &y)
+        });
+        grad_check("conv dw", &mut w, &dw, 1, 1e-2, |w| {
+            forward(&x0, w, &b0, n, &s, &mut col, &mut y);
+            dot(&r, &y)
+        });
+        grad_check("conv db", &mut b, &db, 1, 1e-2, |b| {
+            forward(&x0, &w0, b, n, &s, &mut col, &mut y);
+            dot(&r, &y)
+        });
+    }
+}
