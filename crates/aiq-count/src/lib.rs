@@ -24,8 +24,8 @@ mod npy;
 
 use std::io::Read;
 
-use aiq_io::{IoError, Provenance};
-use aiq_states::{words_for, ModelIdentity, StatesReader};
+use aiq_io::{IoError, Provenance, StreamKind};
+use aiq_states::{words_for, ModelIdentity, StatesReader, STATES_VERSION};
 use rayon::iter::{ParallelBridge, ParallelIterator};
 use serde::{Deserialize, Serialize};
 
@@ -181,6 +181,36 @@ pub struct Counts {
     pub layers: Vec<LayerCounts>,
 }
 
+/// Errors of reading or merging counts.
+#[derive(Debug, thiserror::Error)]
+pub enum CountError {
+    #[error(transparent)]
+    Io(#[from] IoError),
+    #[error(transparent)]
+    Merge(#[from] MergeError),
+    #[error("{name}: expected a states or counts stream, found a {found} stream")]
+    NotCountable { name: String, found: StreamKind },
+}
+
+/// Counts a states stream or reads a counts stream, told apart by the magic.
+pub fn read_any<R: Read + Send>(mut r: R, name: &str) -> Result<Counts, CountError> {
+    let (kind, version) = StreamKind::read_header(&mut r, name)?;
+    match kind {
+        StreamKind::States => {
+            StreamKind::States.check(kind, version, name, STATES_VERSION)?;
+            Ok(count_states(StatesReader::after_magic(r, name)?)?)
+        }
+        StreamKind::Counts => {
+            StreamKind::Counts.check(kind, version, name, COUNTS_VERSION)?;
+            Ok(read_counts_after_magic(&mut r, name)?)
+        }
+        found => Err(CountError::NotCountable {
+            name: name.to_string(),
+            found,
+        }),
+    }
+}
+
 /// Counts that cannot be merged, and why.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot merge {name} into the counts before it: {detail}")]
@@ -237,11 +267,7 @@ impl Counts {
 
 /// Counts every layer of a states stream, in parallel over chunks (rayon's threads), and
 /// checks the stream to its end record: a stream cut short is an error, never counted in part.
-/// `tool` is appended to the provenance chain.
-pub fn count_states<R: Read + Send>(
-    mut reader: StatesReader<R>,
-    tool: Provenance,
-) -> Result<Counts, IoError> {
+pub fn count_states<R: Read + Send>(mut reader: StatesReader<R>) -> Result<Counts, IoError> {
     let header = reader.header().clone();
     let fresh = || -> Vec<LayerCounter> {
         header
@@ -287,8 +313,7 @@ pub fn count_states<R: Read + Send>(
         .zip(&header.layers)
         .map(|(c, spec)| c.finish(&spec.name, spec.states_per_input))
         .collect();
-    let mut provenance = vec![header.provenance];
-    provenance.push(tool);
+    let provenance = vec![header.provenance];
     Ok(Counts {
         measurement: Measurement {
             model: header.model,
@@ -345,10 +370,7 @@ mod tests {
     }
 
     fn count(bytes: &[u8]) -> Result<Counts, IoError> {
-        count_states(
-            StatesReader::new(bytes, "mem")?,
-            Provenance::current("count", "0"),
-        )
+        count_states(StatesReader::new(bytes, "mem")?)
     }
 
     #[test]
@@ -405,6 +427,29 @@ mod tests {
             let e = count(&bytes[..cut]).unwrap_err();
             assert!(matches!(e, IoError::Truncated { .. }), "cut {cut}: {e}");
         }
+    }
+
+    #[test]
+    fn read_any_tells_streams_apart() {
+        let states = stream(0, 5);
+        let counts = read_any(states.as_slice(), "s").unwrap();
+        let mut bytes = Vec::new();
+        write_counts(&mut bytes, &counts, "c").unwrap();
+        assert_eq!(read_any(bytes.as_slice(), "c").unwrap(), counts);
+        let mut model = Vec::new();
+        StreamKind::Model.write_header(&mut model, 1).unwrap();
+        model.extend_from_slice(&[0; 100]);
+        let e = read_any(model.as_slice(), "m.bin").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "m.bin: expected a states or counts stream, found a model stream"
+        );
+        let mut v2 = bytes.clone();
+        v2[8] = 2;
+        assert!(matches!(
+            read_any(v2.as_slice(), "c"),
+            Err(CountError::Io(IoError::Version { .. }))
+        ));
     }
 
     #[test]
