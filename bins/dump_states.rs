@@ -1,5 +1,176 @@
-//! `dump-states` (work in progress).
+//! `dump-states`: runs a trained model over a data set and streams every hidden layer's
+//! packed states (the `AIQSTATE` stream) for `count-states` or `score-aiq`.
+//!
+//! Images go through the model in fixed chunks, several chunks in parallel (rayon); each
+//! layer's activations are packed into bits inside the tap, so the float activations of the
+//! whole data set never exist at once, and chunks are written in input order as they
+//! complete: the output is the same bytes (provenance aside) for any thread count.
+
+use std::error::Error;
+use std::io::Write;
+use std::path::PathBuf;
+
+use aiq_data::{load_split, DatasetKind, SplitName};
+use aiq_io::{run_main, Input, Output, Provenance};
+use aiq_states::{pack_rows, LayerSpec, ModelIdentity, StatesHeader, StatesWriter};
+use aiq_train::Model;
+use clap::Parser;
+use ndarray::{s, ArrayView2};
+use rayon::prelude::*;
+
+/// Images per chunk: fixed, so the stream's bytes do not depend on the thread count; small
+/// enough that a chunk's activations stay in the tens of MiB.
+const CHUNK: usize = 256;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "dump-states",
+    version,
+    about = "Run a trained model over a data set and write every hidden layer's states",
+    long_about = "Run a trained model over a data set and write every hidden layer's states.\n\n\
+        A layer's state for one input is the on/off pattern of its neurons (on iff the \
+        activation output is > 0). A dense layer gives one state per image, a conv layer one \
+        per spatial position per image. States are taken at each hidden layer's activation \
+        output, never at the output layer. The stream also records the model's identity, \
+        the data set and split, every label and prediction, and the accuracy, for score-aiq.\n\n\
+        The stream (binary) goes to -o FILE or standard output, never to a terminal.\n\n\
+        Examples:\n  dump-states --model model.bin --data data/mnist -o states.bin\n  \
+        train ... | dump-states --data data/mnist | score-aiq\n  \
+        dump-states --model model.bin --data data/emnist --dataset emnist-digits | score-aiq"
+)]
+struct Args {
+    /// The model stream (from train); `-` is standard input.
+    #[arg(long, value_name = "FILE", default_value = "-")]
+    model: PathBuf,
+    /// Directory holding the data set's IDX files (raw or .gz).
+    #[arg(long, value_name = "DIR")]
+    data: PathBuf,
+    /// Data set to measure on (default: the one the model was trained on).
+    #[arg(long, value_name = "KIND")]
+    dataset: Option<DatasetKind>,
+    /// Split to measure on: test or train.
+    #[arg(long, default_value = "test")]
+    split: SplitName,
+    /// Output file; `-` or none is standard output (never a terminal).
+    #[arg(short, long, value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// Worker threads (default: all cores, or RAYON_NUM_THREADS).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+/// The model's identity as the states and counts headers carry it.
+fn identity(model: &Model) -> ModelIdentity {
+    let m = model.meta();
+    ModelIdentity {
+        arch: m.arch.to_string(),
+        widths: m.widths.iter().map(|&w| w as u32).collect(),
+        modifier: m.modifier.to_string(),
+        seed: m.seed,
+        randomize_labels: m.randomize_labels,
+        dataset: m.dataset.to_string(),
+        parameters: m.parameters as u64,
+        epochs: m.epochs as u32,
+        best_epoch: m.best_epoch as u32,
+        train_accuracy: m.train_accuracy,
+        test_accuracy: m.test_accuracy,
+        provenance: m.provenance.clone(),
+    }
+}
+
+/// Index of the largest logit, the first on ties (the model's own prediction rule).
+fn argmax(row: impl IntoIterator<Item = f32>) -> u8 {
+    let mut best = (0, f32::NEG_INFINITY);
+    for (i, x) in row.into_iter().enumerate() {
+        if x > best.1 {
+            best = (i, x);
+        }
+    }
+    best.0 as u8
+}
+
+/// One chunk through the model: predictions and each hidden layer's packed states.
+fn run_chunk(
+    model: &Model,
+    images: ArrayView2<'_, f32>,
+    layers: usize,
+) -> (Vec<u8>, Vec<Vec<u64>>) {
+    let mut packed = vec![Vec::new(); layers];
+    let logits = model.forward_hidden(images, &mut |i, acts| pack_rows(acts, &mut packed[i]));
+    let predictions = logits
+        .rows()
+        .into_iter()
+        .map(|r| argmax(r.iter().copied()))
+        .collect();
+    (predictions, packed)
+}
+
 fn main() {
-    eprintln!("dump-states: not built yet");
-    std::process::exit(2);
+    run_main("dump-states", || -> Result<(), Box<dyn Error>> {
+        let args = Args::parse();
+        if let Some(t) = args.threads {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(t)
+                .build_global()?;
+        }
+        let mut out = Output::create(args.output.as_deref(), true)?;
+        let (model_name, mut model_reader) = Input::open(Some(&args.model))?.into_parts();
+        let model = Model::read_from(&mut model_reader, &model_name)?;
+        let dataset = args.dataset.unwrap_or(model.meta().dataset);
+        let split = load_split(&args.data, dataset, args.split)?;
+        if split.images.ncols() != 28 * 28 {
+            return Err(format!(
+                "{}: {dataset} images are {}x{} pixels; the model takes 28x28",
+                args.data.display(),
+                split.rows,
+                split.cols
+            )
+            .into());
+        }
+        let hidden = model.hidden_layers();
+        let layers = hidden
+            .iter()
+            .map(|l| {
+                Ok(LayerSpec {
+                    name: l.name.clone(),
+                    neurons: u32::try_from(l.neurons)?,
+                    states_per_input: u32::try_from(l.states_per_input)?,
+                })
+            })
+            .collect::<Result<Vec<_>, std::num::TryFromIntError>>()?;
+        let n = split.labels.len();
+        let header = StatesHeader {
+            model: Some(identity(&model)),
+            dataset: dataset.to_string(),
+            split: args.split.to_string(),
+            layers,
+            inputs: n as u64,
+            chunk_inputs: CHUNK as u32,
+            labels: split.labels.clone(),
+            provenance: Provenance::current("dump-states", env!("CARGO_PKG_VERSION")),
+        };
+        let name = out.name().to_string();
+        let mut writer = StatesWriter::new(&mut out, &name, header)?;
+        let starts: Vec<usize> = (0..n).step_by(CHUNK).collect();
+        // A few chunks per thread at a time: enough to keep every core busy, few enough
+        // that the finished-but-unwritten chunks stay small.
+        let batch = 2 * rayon::current_num_threads();
+        for group in starts.chunks(batch) {
+            let done: Vec<_> = group
+                .par_iter()
+                .map(|&start| {
+                    let images = split.images.slice(s![start..(start + CHUNK).min(n), ..]);
+                    run_chunk(&model, images, hidden.len())
+                })
+                .collect();
+            for (predictions, packed) in done {
+                let refs: Vec<&[u64]> = packed.iter().map(Vec::as_slice).collect();
+                writer.write_chunk(&predictions, &refs)?;
+            }
+        }
+        writer.finish()?;
+        out.flush()?;
+        out.commit()?;
+        Ok(())
+    })
 }

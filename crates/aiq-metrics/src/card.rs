@@ -174,10 +174,10 @@ impl fmt::Display for Scorecard {
         match (self.accuracy, self.aiq) {
             (Some(p), Some(a)) => {
                 writeln!(f, "accuracy            {p:.4}")?;
+                let label = format!("aIQ (beta {})", self.beta);
                 writeln!(
                     f,
-                    "aIQ (beta {})        {:.2}  (x100, as in the paper's tables)",
-                    self.beta,
+                    "{label:<19} {:.2}  (x100, as in the paper's tables)",
                     a * 100.0
                 )
             }
