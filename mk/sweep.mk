@@ -27,7 +27,7 @@ SWEEP_GEN     ?= target/sweep
 KEEP_STATES   ?=
 
 .PHONY: sweep sweep-runs sweep-report sweep-chunk sweep-count sweep-status sweep-slurm \
-        sweep-clean-parts sweep-help
+        sweep-clean-parts sweep-help sweep-print-root
 
 sweep-help:
 	@echo "make sweep GRID=grids/NAME [-j N]   run a grid (one dir per run) and its report"
@@ -69,19 +69,19 @@ $(SWEEP_BINS) &:
 $(addprefix $(SWEEP_ROOT)/,$(addsuffix /model.bin,$(SWEEP_RUNS))): | $(SWEEP_BINS)
 
 $(SWEEP_ROOT)/%/states.bin: $(SWEEP_ROOT)/%/model.bin
-	$(BIN)/dump-states --model $< --data $(SWEEP_DATA) --dataset $(SWEEP_DATASET) --split test -o $@
+	$(BIN)/dump-states --model $< --data $(SWEEP_DATA) --dataset $(SWEEP_DATASET) --split test --threads $(SWEEP_THREADS) -o $@
 
 $(SWEEP_ROOT)/%/counts.bin: $(SWEEP_ROOT)/%/states.bin
-	$(BIN)/count-states $< -o $@
+	$(BIN)/count-states $< --threads $(SWEEP_THREADS) -o $@
 
 $(SWEEP_ROOT)/%/score.json: $(SWEEP_ROOT)/%/counts.bin
 	$(BIN)/score-aiq $< --json -o $@
 
 $(SWEEP_ROOT)/%/states-emnist.bin: $(SWEEP_ROOT)/%/model.bin
-	$(BIN)/dump-states --model $< --data $(SWEEP_EMNIST) --dataset emnist-digits --split test -o $@
+	$(BIN)/dump-states --model $< --data $(SWEEP_EMNIST) --dataset emnist-digits --split test --threads $(SWEEP_THREADS) -o $@
 
 $(SWEEP_ROOT)/%/counts-emnist.bin: $(SWEEP_ROOT)/%/states-emnist.bin
-	$(BIN)/count-states $< -o $@
+	$(BIN)/count-states $< --threads $(SWEEP_THREADS) -o $@
 
 $(SWEEP_ROOT)/%/score-emnist.json: $(SWEEP_ROOT)/%/counts-emnist.bin
 	$(BIN)/score-aiq $< --json -o $@
@@ -119,15 +119,24 @@ sweep-count:
 sweep-status:
 	@echo "$(SWEEP_NAME): $(words $(wildcard $(SWEEP_SCORES))) of $(SWEEP_COUNT) runs scored in $(SWEEP_ROOT)"
 
+sweep-print-root:
+	@echo $(SWEEP_ROOT)
+
+# Submits the grid as a Slurm job array (scripts/slurm-submit.sh says how to tune it); the
+# tasks and the report job run these same targets with the same variables.
 sweep-slurm: | $(SWEEP_BINS)
-	bash scripts/slurm-submit.sh $(GRID)
+	SWEEP_MAKEFILE=$(firstword $(MAKEFILE_LIST)) bash scripts/slurm-submit.sh $(GRID) \
+	  BIN=$(BIN) SWEEP_ROOT=$(SWEEP_ROOT) SWEEP_GEN=$(SWEEP_GEN) SWEEP_DATA=$(SWEEP_DATA) \
+	  SWEEP_REPORT_DIR=$(SWEEP_REPORT_DIR) SWEEP_THREADS=$(SWEEP_THREADS) \
+	  $(if $(strip $(SWEEP_EMNIST)),SWEEP_EMNIST=$(SWEEP_EMNIST)) $(if $(KEEP_STATES),KEEP_STATES=1)
 
 sweep-clean-parts:
 	find $(SWEEP_ROOT) -name '.*.part' -type f -print -delete
 
 else
 
-sweep sweep-runs sweep-report sweep-chunk sweep-count sweep-status sweep-slurm sweep-clean-parts:
+sweep sweep-runs sweep-report sweep-chunk sweep-count sweep-status sweep-slurm sweep-clean-parts \
+sweep-print-root:
 	@echo "give a grid: make $@ GRID=grids/NAME (grids: $(notdir $(wildcard grids/*)))" >&2
 	@exit 2
 
