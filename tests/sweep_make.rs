@@ -186,15 +186,14 @@ fn check_report_by_hand(sweep: &Sweep) {
         let runs = &by_widths[row[1]];
         assert_eq!(runs.len(), 2);
         assert_eq!(col(row, "n"), 2.0);
-        let metrics: [(&str, &dyn Fn(&serde_json::Value) -> f64); 4] = [
-            ("accuracy", &|v| v["accuracy"].as_f64().unwrap()),
-            ("aiq", &|v| v["aiq"].as_f64().unwrap()),
-            ("network_efficiency", &|v| {
-                v["network_efficiency"].as_f64().unwrap()
-            }),
-            ("eta2", &|v| v["layers"][1]["efficiency"].as_f64().unwrap()),
+        let metrics = [
+            ("accuracy", "/accuracy"),
+            ("aiq", "/aiq"),
+            ("network_efficiency", "/network_efficiency"),
+            ("eta2", "/layers/1/efficiency"),
         ];
-        for (name, get) in metrics {
+        for (name, pointer) in metrics {
+            let get = |v: &serde_json::Value| v.pointer(pointer).unwrap().as_f64().unwrap();
             let (a, b) = (get(&runs[0]), get(&runs[1]));
             // Two values: mean (a+b)/2, sd |a−b|/√2, half-width t·sd/√2 = t·|a−b|/2.
             let mean = (a + b) / 2.0;
