@@ -32,6 +32,7 @@ help:
 	@echo "make build         release binaries in $(BIN) (FEATURES=openblas for the system OpenBLAS)"
 	@echo "make bench         criterion benches"
 	@echo "make lint          rustfmt check and clippy with warnings as errors"
+	@echo "make sweep GRID=grids/NAME [-j N]  a grid of runs and its report; sweep-slurm submits it to Slurm (docs/sweeps.md)"
 
 # ---- data ------------------------------------------------------------------------------
 # Always runs: it re-verifies every file's MD5 (0.3 s) and downloads only what is missing.
@@ -76,3 +77,6 @@ bench:
 clean:
 	$(CARGO) clean
 	rm -rf runs
+
+# ---- sweeps: grids of runs, locally (make -j) or on Slurm (docs/sweeps.md) ----------------
+include mk/sweep.mk
