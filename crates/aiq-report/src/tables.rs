@@ -543,4 +543,40 @@ mod tests {
         let t4 = table4(&sample());
         assert!(t4.contains("No EMNIST measurements"), "{t4}");
     }
+
+    #[test]
+    fn table4_pairs_mnist_and_emnist() {
+        let mut runs = Vec::new();
+        for seed in 1..=2 {
+            let s = seed as f64 * 0.01;
+            for (r, acc) in [(0.0, 0.9), (0.75, 0.6)] {
+                runs.push(run(&[64, 64], "none", r, seed, acc + s, 0.2));
+                runs.push(run(&[8, 4], "none", r, seed, acc - 0.1 + s, 0.9));
+                let mut e = run(&[64, 64], "none", r, seed, acc - 0.2 + s, 0.2);
+                e.score.dataset = "emnist-digits".into();
+                runs.push(e);
+                let mut e = run(&[8, 4], "none", r, seed, acc - 0.4 + s, 0.9);
+                e.score.dataset = "emnist-digits".into();
+                runs.push(e);
+            }
+        }
+        let t = table4(&aggregate(&runs).unwrap());
+        assert!(
+            t.contains("| Layer 1 | Layer 2 | MNIST 0% Rand | MNIST 75% Rand | EMNIST 0% Rand | EMNIST 75% Rand |"),
+            "{t}"
+        );
+        // Mean of 0.91, 0.92 etc.; half-width 12.706·0.01/2 = 6.35 (in %).
+        assert!(
+            t.contains("| 64 | 64 | 91.50 ± 6.35 | 61.50 ± 6.35 | 71.50 ± 6.35 | 41.50 ± 6.35 |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("| 8 | 4 | 81.50 ± 6.35 | 51.50 ± 6.35 | 51.50 ± 6.35 | 21.50 ± 6.35 |"),
+            "{t}"
+        );
+        assert_columns(&t);
+        // The EMNIST groups are not primary: Table 1 only sees the MNIST measurements.
+        let t1 = table1(&aggregate(&runs).unwrap());
+        assert!(!t1.contains("71.50"), "{t1}");
+    }
 }
