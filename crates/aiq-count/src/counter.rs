@@ -1,8 +1,5 @@
-//! Exact counting of distinct states in a hash map keyed by the packed state.
-//!
-//! Memory grows with the number of distinct states, never with the observations. States of
-//! up to 64 neurons are `u64` keys and of up to 128 `u128` keys (no allocation per state);
-//! wider states are boxed slices, allocated once per distinct state.
+//! Exact counting of distinct states, memory bounded by the distinct states (see
+//! [`LayerCounter`] for the three strategies and why).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -63,14 +60,158 @@ impl Hasher for FoldHasher {
 
 type Map<K> = HashMap<K, u64, BuildHasherDefault<FoldHasher>>;
 
+/// Layers of at most this many neurons are counted in a table indexed by the state itself
+/// (`2^20` counts = 8 MiB at most): one increment per observation, no hashing, no sorting.
+pub const DENSE_MAX_NEURONS: u32 = 20;
+/// Observations buffered before a sort-and-merge, unless the distinct states already
+/// outnumber it (then the buffer matches them, which keeps the merges amortized).
+const BUFFER: usize = if cfg!(test) { 1 << 10 } else { 1 << 20 };
+
+/// Sorted distinct keys with counts, plus a buffer of raw observations. A flush sorts the
+/// buffer, run-length encodes it and merges it into the sorted list: memory stays at the
+/// distinct states plus a buffer no larger than them (or [`BUFFER`]), and the cost is a
+/// radix sort per observation rather than a cache miss into a large hash table.
+#[derive(Debug, Clone, Default)]
+struct Runs<K> {
+    keys: Vec<K>,
+    counts: Vec<u64>,
+    buf: Vec<K>,
+}
+
+trait Key: Copy + Ord + Default {
+    fn sort(v: &mut Vec<Self>, bits: u32);
+}
+
+impl Key for u64 {
+    fn sort(v: &mut Vec<u64>, bits: u32) {
+        radix_sort(v, bits);
+    }
+}
+
+impl Key for u128 {
+    fn sort(v: &mut Vec<u128>, _bits: u32) {
+        v.sort_unstable();
+    }
+}
+
+impl<K: Key> Runs<K> {
+    fn push(&mut self, k: K, bits: u32) {
+        self.buf.push(k);
+        if self.buf.len() >= BUFFER.max(self.keys.len()) {
+            self.flush(bits);
+        }
+    }
+
+    fn flush(&mut self, bits: u32) {
+        if self.buf.is_empty() {
+            return;
+        }
+        let mut buf = std::mem::take(&mut self.buf);
+        K::sort(&mut buf, bits);
+        let (mut keys, mut counts) = (Vec::new(), Vec::new());
+        for k in buf.drain(..) {
+            if keys.last() == Some(&k) {
+                if let Some(c) = counts.last_mut() {
+                    *c += 1;
+                }
+            } else {
+                keys.push(k);
+                counts.push(1);
+            }
+        }
+        self.merge_sorted(&keys, &counts);
+        self.buf = buf;
+    }
+
+    /// Merges a sorted list of distinct keys and counts into this one.
+    fn merge_sorted(&mut self, keys: &[K], counts: &[u64]) {
+        if self.keys.is_empty() {
+            self.keys = keys.to_vec();
+            self.counts = counts.to_vec();
+            return;
+        }
+        let n = self.keys.len() + keys.len();
+        let (mut k2, mut c2) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        let (mut i, mut j) = (0, 0);
+        while i < self.keys.len() && j < keys.len() {
+            let (a, b) = (self.keys[i], keys[j]);
+            if a < b {
+                k2.push(a);
+                c2.push(self.counts[i]);
+                i += 1;
+            } else if b < a {
+                k2.push(b);
+                c2.push(counts[j]);
+                j += 1;
+            } else {
+                k2.push(a);
+                c2.push(self.counts[i] + counts[j]);
+                i += 1;
+                j += 1;
+            }
+        }
+        k2.extend_from_slice(&self.keys[i..]);
+        c2.extend_from_slice(&self.counts[i..]);
+        k2.extend_from_slice(&keys[j..]);
+        c2.extend_from_slice(&counts[j..]);
+        self.keys = k2;
+        self.counts = c2;
+    }
+}
+
+/// Bits per radix digit: 2048 buckets fit in L1, and 50-bit states take 5 passes.
+const DIGIT: u32 = 11;
+
+/// LSD radix sort of keys below `2^bits`, [`DIGIT`] bits per pass, skipping digits that
+/// are the same in every key.
+fn radix_sort(v: &mut Vec<u64>, bits: u32) {
+    if v.len() < 1024 {
+        v.sort_unstable();
+        return;
+    }
+    let passes = bits.clamp(1, 64).div_ceil(DIGIT) as usize;
+    let mask = (1u64 << DIGIT) - 1;
+    let mut hist = vec![[0usize; 1 << DIGIT]; passes];
+    for &x in v.iter() {
+        for (p, h) in hist.iter_mut().enumerate() {
+            h[((x >> (DIGIT as usize * p)) & mask) as usize] += 1;
+        }
+    }
+    let mut tmp = vec![0u64; v.len()];
+    for (p, h) in hist.iter_mut().enumerate() {
+        if h.iter().any(|&c| c == v.len()) {
+            continue;
+        }
+        let mut sum = 0;
+        for c in h.iter_mut() {
+            let here = *c;
+            *c = sum;
+            sum += here;
+        }
+        for &x in v.iter() {
+            let d = ((x >> (DIGIT as usize * p)) & mask) as usize;
+            tmp[h[d]] = x;
+            h[d] += 1;
+        }
+        std::mem::swap(v, &mut tmp);
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Table {
-    One(Map<u64>),
-    Two(Map<u128>),
+    /// Count of each state, indexed by its value (layers of ≤ [`DENSE_MAX_NEURONS`]).
+    Dense(Vec<u64>),
+    One(Runs<u64>),
+    Two(Runs<u128>),
     Many(Map<Box<[u64]>>),
 }
 
-/// Counts the states of one layer.
+/// Counts the states of one layer, exactly.
+///
+/// Narrow layers (≤ 20 neurons) use a table indexed by the state; states of up to 128
+/// neurons are sorted in buffered batches and merged into a sorted list (memory: the
+/// distinct states plus a bounded buffer); wider states go to a hash map keyed by the boxed
+/// state, allocated once per distinct state. Memory never grows with the observations.
 #[derive(Debug, Clone)]
 pub struct LayerCounter {
     neurons: u32,
@@ -81,15 +222,19 @@ pub struct LayerCounter {
 
 impl LayerCounter {
     pub fn new(neurons: u32) -> Self {
-        let words = words_for(neurons as usize);
-        let table = match words {
-            0 | 1 => Table::One(Map::default()),
-            2 => Table::Two(Map::default()),
-            _ => Table::Many(Map::default()),
+        let words = words_for(neurons as usize).max(1);
+        let table = if neurons <= DENSE_MAX_NEURONS {
+            Table::Dense(vec![0; 1 << neurons])
+        } else {
+            match words {
+                1 => Table::One(Runs::default()),
+                2 => Table::Two(Runs::default()),
+                _ => Table::Many(Map::default()),
+            }
         };
         LayerCounter {
             neurons,
-            words: words.max(1),
+            words,
             observations: 0,
             table,
         }
@@ -104,29 +249,27 @@ impl LayerCounter {
         self.observations
     }
 
-    /// Distinct states seen so far.
-    pub fn distinct(&self) -> usize {
-        match &self.table {
-            Table::One(m) => m.len(),
-            Table::Two(m) => m.len(),
-            Table::Many(m) => m.len(),
-        }
-    }
-
     /// Counts packed states laid end to end (`words_for(neurons)` words each).
     pub fn add(&mut self, states: &[u64]) {
         debug_assert_eq!(states.len() % self.words, 0);
         self.observations += (states.len() / self.words) as u64;
+        let bits = self.neurons;
         match &mut self.table {
-            Table::One(m) => {
+            Table::Dense(t) => {
+                let mask = t.len() - 1;
                 for &s in states {
-                    *m.entry(s).or_insert(0) += 1;
+                    // The mask only matters for corrupt input; states are checked on reading.
+                    t[s as usize & mask] += 1;
                 }
             }
-            Table::Two(m) => {
+            Table::One(r) => {
+                for &s in states {
+                    r.push(s, bits);
+                }
+            }
+            Table::Two(r) => {
                 for s in states.chunks_exact(2) {
-                    *m.entry(u128::from(s[0]) | u128::from(s[1]) << 64)
-                        .or_insert(0) += 1;
+                    r.push(u128::from(s[0]) | u128::from(s[1]) << 64, bits);
                 }
             }
             Table::Many(m) => {
@@ -142,43 +285,27 @@ impl LayerCounter {
         }
     }
 
-    /// Adds `count` observations of one state.
-    pub fn add_counted(&mut self, state: &[u64], count: u64) {
-        self.observations += count;
-        match &mut self.table {
-            Table::One(m) => *m.entry(state[0]).or_insert(0) += count,
-            Table::Two(m) => {
-                *m.entry(u128::from(state[0]) | u128::from(state[1]) << 64)
-                    .or_insert(0) += count
-            }
-            Table::Many(m) => match m.get_mut(state) {
-                Some(c) => *c += count,
-                None => {
-                    m.insert(state.into(), count);
-                }
-            },
-        }
-    }
-
     /// Adds another counter's counts of the same layer (exact, order-independent).
     pub fn merge(&mut self, other: LayerCounter) {
         debug_assert_eq!(self.neurons, other.neurons);
-        if other.distinct() > self.distinct() {
-            let small = std::mem::replace(self, other);
-            return self.merge(small);
-        }
         self.observations += other.observations;
+        let bits = self.neurons;
         match (&mut self.table, other.table) {
-            (Table::One(a), Table::One(b)) => b
-                .into_iter()
-                .for_each(|(k, c)| *a.entry(k).or_insert(0) += c),
-            (Table::Two(a), Table::Two(b)) => b
-                .into_iter()
-                .for_each(|(k, c)| *a.entry(k).or_insert(0) += c),
+            (Table::Dense(a), Table::Dense(b)) => a.iter_mut().zip(b).for_each(|(x, y)| *x += y),
+            (Table::One(a), Table::One(mut b)) => {
+                a.flush(bits);
+                b.flush(bits);
+                a.merge_sorted(&b.keys, &b.counts);
+            }
+            (Table::Two(a), Table::Two(mut b)) => {
+                a.flush(bits);
+                b.flush(bits);
+                a.merge_sorted(&b.keys, &b.counts);
+            }
             (Table::Many(a), Table::Many(b)) => b
                 .into_iter()
                 .for_each(|(k, c)| *a.entry(k).or_insert(0) += c),
-            _ => unreachable!("counters of one layer share their word count"),
+            _ => unreachable!("counters of one layer share their table kind"),
         }
     }
 
@@ -186,22 +313,26 @@ impl LayerCounter {
     /// their counts: a deterministic result whatever order the states came in.
     pub fn finish(self, name: &str, states_per_input: u32) -> LayerCounts {
         let words = self.words;
+        let bits = self.neurons;
         let (states, counts) = match self.table {
-            Table::One(m) => {
-                let mut v: Vec<(u64, u64)> = m.into_iter().collect();
-                v.sort_unstable_by_key(|&(k, _)| k);
-                v.into_iter().unzip()
+            Table::Dense(t) => t
+                .into_iter()
+                .enumerate()
+                .filter(|&(_, c)| c > 0)
+                .map(|(s, c)| (s as u64, c))
+                .unzip(),
+            Table::One(mut r) => {
+                r.flush(bits);
+                (r.keys, r.counts)
             }
-            Table::Two(m) => {
-                let mut v: Vec<(u128, u64)> = m.into_iter().collect();
-                v.sort_unstable_by_key(|&(k, _)| k);
-                let mut states = Vec::with_capacity(v.len() * 2);
-                let mut counts = Vec::with_capacity(v.len());
-                for (k, c) in v {
-                    states.extend([k as u64, (k >> 64) as u64]);
-                    counts.push(c);
-                }
-                (states, counts)
+            Table::Two(mut r) => {
+                r.flush(bits);
+                let states = r
+                    .keys
+                    .iter()
+                    .flat_map(|&k| [k as u64, (k >> 64) as u64])
+                    .collect();
+                (states, r.counts)
             }
             Table::Many(m) => {
                 let mut v: Vec<(Box<[u64]>, u64)> = m.into_iter().collect();
@@ -256,6 +387,70 @@ mod tests {
                 assert_eq!(c.states, [zero, lo, hi].concat());
             }
         }
+    }
+
+    #[test]
+    fn every_strategy_agrees_with_a_plain_count() {
+        use std::collections::BTreeMap;
+        // Pseudo-random states with many repeats, for dense, one-word, two-word and boxed
+        // layers, counted in two halves and merged; more than BUFFER observations so that
+        // the sorted runs flush and merge several times.
+        for neurons in [7u32, 20, 21, 50, 64, 100, 128, 150] {
+            let w = words_for(neurons as usize);
+            let n = if neurons <= 64 {
+                3 * BUFFER + 17
+            } else {
+                20_000
+            };
+            let mut x = 0x1234_5678_9abc_def0u64 ^ u64::from(neurons);
+            let mut states = Vec::with_capacity(n * w);
+            for _ in 0..n {
+                for i in 0..w {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    let bits = (neurons as usize - 64 * i).min(64);
+                    // Few high bits vary, so states repeat.
+                    let v = (x % 4093).wrapping_mul(0x9e37_79b9);
+                    states.push(if bits == 64 { v } else { v & ((1 << bits) - 1) });
+                }
+            }
+            let mut plain = BTreeMap::new();
+            for s in states.chunks_exact(w) {
+                let key: Vec<u64> = s.iter().rev().copied().collect();
+                *plain.entry(key).or_insert(0u64) += 1;
+            }
+            let (a, b) = states.split_at(states.len() / w / 3 * w);
+            let mut c1 = LayerCounter::new(neurons);
+            c1.add(a);
+            let mut c2 = LayerCounter::new(neurons);
+            c2.add(b);
+            c1.merge(c2);
+            let got = c1.finish("l", 1);
+            let want_counts: Vec<u64> = plain.values().copied().collect();
+            let want_states: Vec<u64> =
+                plain.keys().flat_map(|k| k.iter().rev().copied()).collect();
+            assert_eq!(got.observations, n as u64, "{neurons}");
+            assert_eq!(got.counts, want_counts, "{neurons}");
+            assert_eq!(got.states, want_states, "{neurons}");
+        }
+    }
+
+    #[test]
+    fn radix_sort_sorts() {
+        let mut x = 99u64;
+        let mut v: Vec<u64> = (0..10_000)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                x >> 20
+            })
+            .collect();
+        let mut want = v.clone();
+        want.sort_unstable();
+        radix_sort(&mut v, 44);
+        assert_eq!(v, want);
     }
 
     #[test]
