@@ -179,7 +179,7 @@ fn radix_sort(v: &mut Vec<u64>, bits: u32) {
     }
     let mut tmp = vec![0u64; v.len()];
     for (p, h) in hist.iter_mut().enumerate() {
-        if h.iter().any(|&c| c == v.len()) {
+        if h.contains(&v.len()) {
             continue;
         }
         let mut sum = 0;
