@@ -18,10 +18,6 @@ use clap::Parser;
 use ndarray::{s, ArrayView2};
 use rayon::prelude::*;
 
-/// Images per chunk: fixed, so the stream's bytes do not depend on the thread count; small
-/// enough that a chunk's activations stay in the tens of MiB.
-const CHUNK: usize = 256;
-
 #[derive(Debug, Parser)]
 #[command(
     name = "dump-states",
@@ -57,6 +53,10 @@ struct Args {
     /// Worker threads (default: all cores, or RAYON_NUM_THREADS).
     #[arg(long)]
     threads: Option<usize>,
+    /// Images per chunk. Fixed whatever the thread count, so the stream does not depend on
+    /// it; it trades memory (a chunk's activations per thread) against per-call overhead.
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    chunk_images: u32,
 }
 
 /// The model's identity as the states and counts headers carry it.
@@ -145,13 +145,14 @@ fn main() {
             split: args.split.to_string(),
             layers,
             inputs: n as u64,
-            chunk_inputs: CHUNK as u32,
+            chunk_inputs: args.chunk_images,
             labels: split.labels.clone(),
             provenance: Provenance::current("dump-states", env!("CARGO_PKG_VERSION")),
         };
         let name = out.name().to_string();
         let mut writer = StatesWriter::new(&mut out, &name, header)?;
-        let starts: Vec<usize> = (0..n).step_by(CHUNK).collect();
+        let chunk = args.chunk_images as usize;
+        let starts: Vec<usize> = (0..n).step_by(chunk).collect();
         // A few chunks per thread at a time: enough to keep every core busy, few enough
         // that the finished-but-unwritten chunks stay small.
         let batch = 2 * rayon::current_num_threads();
@@ -159,7 +160,7 @@ fn main() {
             let done: Vec<_> = group
                 .par_iter()
                 .map(|&start| {
-                    let images = split.images.slice(s![start..(start + CHUNK).min(n), ..]);
+                    let images = split.images.slice(s![start..(start + chunk).min(n), ..]);
                     run_chunk(&model, images, hidden.len())
                 })
                 .collect();

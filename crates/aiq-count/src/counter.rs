@@ -285,6 +285,18 @@ impl LayerCounter {
         }
     }
 
+    /// Sorts what is buffered, so that a later [`merge`](Self::merge) or
+    /// [`finish`](Self::finish) is a linear pass; parallel workers call it on their own
+    /// counters before handing them over.
+    pub fn seal(&mut self) {
+        let bits = self.neurons;
+        match &mut self.table {
+            Table::One(r) => r.flush(bits),
+            Table::Two(r) => r.flush(bits),
+            Table::Dense(_) | Table::Many(_) => {}
+        }
+    }
+
     /// Adds another counter's counts of the same layer (exact, order-independent).
     pub fn merge(&mut self, other: LayerCounter) {
         debug_assert_eq!(self.neurons, other.neurons);

@@ -23,10 +23,10 @@ mod format;
 mod npy;
 
 use std::io::Read;
+use std::sync::Mutex;
 
 use aiq_io::{IoError, Provenance, StreamKind};
-use aiq_states::{words_for, ModelIdentity, StatesReader, STATES_VERSION};
-use rayon::iter::{ParallelBridge, ParallelIterator};
+use aiq_states::{words_for, ModelIdentity, StatesChunk, StatesReader, STATES_VERSION};
 use serde::{Deserialize, Serialize};
 
 pub use counter::{FoldHasher, LayerCounter};
@@ -265,9 +265,14 @@ impl Counts {
     }
 }
 
-/// Counts every layer of a states stream, in parallel over chunks (rayon's threads), and
-/// checks the stream to its end record: a stream cut short is an error, never counted in part.
-pub fn count_states<R: Read + Send>(mut reader: StatesReader<R>) -> Result<Counts, IoError> {
+/// Counts every layer of a states stream and checks the stream to its end record: a stream
+/// cut short is an error, never counted in part.
+///
+/// One worker per rayon thread: each takes the reader's lock only to read the next chunk into
+/// its own reused buffers, then counts it into its own counters while the others read; the
+/// counters are merged at the end (exact integer sums, so the result is the same for any
+/// thread count).
+pub fn count_states<R: Read + Send>(reader: StatesReader<R>) -> Result<Counts, IoError> {
     let header = reader.header().clone();
     let fresh = || -> Vec<LayerCounter> {
         header
@@ -276,30 +281,53 @@ pub fn count_states<R: Read + Send>(mut reader: StatesReader<R>) -> Result<Count
             .map(|l| LayerCounter::new(l.neurons))
             .collect()
     };
-    let mut failed = false;
-    let chunks = std::iter::from_fn(|| {
-        if failed {
-            return None;
-        }
-        let next = reader.next_chunk().transpose();
-        failed = matches!(next, Some(Err(_)));
-        next
-    });
-    let counters = chunks
-        .par_bridge()
-        .try_fold(fresh, |mut counters, chunk| {
-            for (c, words) in counters.iter_mut().zip(&chunk?.layers) {
+    let threads = rayon::current_num_threads().max(1);
+    // The reader, and the first error any worker met (which stops the others).
+    let shared = Mutex::new((reader, None::<IoError>));
+    let worker = || {
+        let mut counters = fresh();
+        let mut chunk = StatesChunk::default();
+        loop {
+            {
+                let mut guard = shared.lock().unwrap_or_else(|e| e.into_inner());
+                let (reader, error) = &mut *guard;
+                if error.is_some() {
+                    break;
+                }
+                match reader.read_chunk_into(&mut chunk) {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(e) => {
+                        *error = Some(e);
+                        break;
+                    }
+                }
+            }
+            for (c, words) in counters.iter_mut().zip(&chunk.layers) {
                 c.add(words);
             }
-            Ok::<_, IoError>(counters)
-        })
-        .try_reduce(fresh, |mut a, b| {
-            for (x, y) in a.iter_mut().zip(b) {
-                x.merge(y);
-            }
-            Ok(a)
-        })?;
-    // `try_reduce` succeeded: every chunk was read; the end record was checked by the reader.
+        }
+        counters.iter_mut().for_each(LayerCounter::seal);
+        counters
+    };
+    let mut all: Vec<Vec<LayerCounter>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads).map(|_| s.spawn(worker)).collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    let (reader, error) = shared.into_inner().unwrap_or_else(|e| e.into_inner());
+    if let Some(e) = error {
+        return Err(e);
+    }
+    let mut counters = all.pop().unwrap_or_else(fresh);
+    for other in all {
+        for (x, y) in counters.iter_mut().zip(other) {
+            x.merge(y);
+        }
+    }
+    // No worker failed; the reader checked the end record if it reached it.
     let inputs = header.inputs;
     let correct = reader.correct();
     if !reader.ended() {

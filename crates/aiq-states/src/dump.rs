@@ -170,7 +170,7 @@ enum Record {
 
 /// One chunk of consecutive inputs: their predictions and, per layer, their packed states
 /// (`inputs × states_per_input` states of `words` words each, image-major).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct StatesChunk {
     /// Index of the chunk's first input.
     pub first_input: u64,
@@ -334,8 +334,15 @@ impl<R: Read> StatesReader<R> {
     /// The next chunk, or `None` after the end record (which is checked against everything
     /// read). A stream cut anywhere is an [`IoError::Truncated`].
     pub fn next_chunk(&mut self) -> Result<Option<StatesChunk>, IoError> {
+        let mut chunk = StatesChunk::default();
+        Ok(self.read_chunk_into(&mut chunk)?.then_some(chunk))
+    }
+
+    /// Reads the next chunk into `chunk`, reusing its buffers (no allocation per chunk once
+    /// they have grown); `false` after the end record.
+    pub fn read_chunk_into(&mut self, chunk: &mut StatesChunk) -> Result<bool, IoError> {
         if self.ended {
-            return Ok(None);
+            return Ok(false);
         }
         let limit = u64::from(self.header.chunk_inputs) + 64;
         let record: Record = decode_bounded(&mut self.r, limit, &self.name, "states record")
@@ -373,7 +380,7 @@ impl<R: Read> StatesReader<R> {
                     }
                 }
                 self.ended = true;
-                Ok(None)
+                Ok(false)
             }
             Record::Chunk {
                 inputs,
@@ -393,8 +400,8 @@ impl<R: Read> StatesReader<R> {
                     )));
                 }
                 let first = self.read;
-                let mut layers = Vec::with_capacity(self.header.layers.len());
-                for spec in &self.header.layers {
+                chunk.layers.resize_with(self.header.layers.len(), Vec::new);
+                for (spec, states) in self.header.layers.iter().zip(chunk.layers.iter_mut()) {
                     // Validated in the header: fits in MAX_CHUNK_BYTES.
                     let words = spec.words_for_inputs(n).unwrap_or(0) as usize;
                     self.bytes.clear();
@@ -413,7 +420,8 @@ impl<R: Read> StatesReader<R> {
                             ),
                         });
                     }
-                    let states = words_from_le(&self.bytes);
+                    states.clear();
+                    states.extend(self.bytes.chunks_exact(8).map(le_word));
                     let spare = spec.words() * 64 - spec.neurons as usize;
                     if spare > 0 {
                         let w = spec.words();
@@ -425,7 +433,6 @@ impl<R: Read> StatesReader<R> {
                             )));
                         }
                     }
-                    layers.push(states);
                 }
                 let labels = &self.header.labels[first as usize..(first + n) as usize];
                 self.correct += predictions
@@ -434,11 +441,9 @@ impl<R: Read> StatesReader<R> {
                     .filter(|(p, l)| p == l)
                     .count() as u64;
                 self.read += n;
-                Ok(Some(StatesChunk {
-                    first_input: first,
-                    predictions,
-                    layers,
-                }))
+                chunk.first_input = first;
+                chunk.predictions = predictions;
+                Ok(true)
             }
         }
     }
@@ -461,14 +466,14 @@ impl<R: Read> StatesReader<R> {
 
 /// Little-endian bytes to words (the stream's byte order on every machine).
 pub fn words_from_le(bytes: &[u8]) -> Vec<u64> {
-    bytes
-        .chunks_exact(8)
-        .map(|b| {
-            let mut a = [0u8; 8];
-            a.copy_from_slice(b);
-            u64::from_le_bytes(a)
-        })
-        .collect()
+    bytes.chunks_exact(8).map(le_word).collect()
+}
+
+#[inline]
+fn le_word(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(b);
+    u64::from_le_bytes(a)
 }
 
 #[cfg(test)]

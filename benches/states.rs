@@ -1,0 +1,141 @@
+//! State pipeline kernels: packing activations into bits, counting distinct states, entropy.
+//!
+//! The inputs mimic the LeNet-5 (20,50,100) measurement on the 10k MNIST test images:
+//! activations are projections of low-dimensional Gaussian points through random
+//! hyperplanes, so states repeat the way a trained layer's do (a 20-neuron layer over an
+//! 8-dimensional input shows tens of thousands of distinct states, not a million).
+//! Run: `cargo bench --bench states`.
+
+#![allow(clippy::unwrap_used)]
+
+use aiq_count::LayerCounter;
+use aiq_states::{pack_rows, words_for};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use ndarray::Array2;
+
+/// xorshift64*: a fixed, dependency-free stream of pseudo-random numbers.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    /// Roughly normal (sum of uniforms).
+    fn gauss(&mut self) -> f32 {
+        (0..4)
+            .map(|_| (self.next() >> 40) as f32 / (1u64 << 24) as f32)
+            .sum::<f32>()
+            - 2.0
+    }
+}
+
+/// `rows` activations of `neurons` neurons over a `dim`-dimensional latent input.
+fn activations(rows: usize, neurons: usize, dim: usize, seed: u64) -> Array2<f32> {
+    let mut rng = Rng(seed);
+    let w: Vec<f32> = (0..neurons * dim).map(|_| rng.gauss()).collect();
+    let b: Vec<f32> = (0..neurons).map(|_| rng.gauss() * 0.5).collect();
+    let mut a = Array2::zeros((rows, neurons));
+    for mut row in a.rows_mut() {
+        let x: Vec<f32> = (0..dim).map(|_| rng.gauss()).collect();
+        for (j, v) in row.iter_mut().enumerate() {
+            *v = b[j] + (0..dim).map(|k| w[j * dim + k] * x[k]).sum::<f32>();
+        }
+    }
+    a
+}
+
+fn states(rows: usize, neurons: usize, dim: usize, seed: u64) -> Vec<u64> {
+    let mut out = Vec::with_capacity(rows * words_for(neurons));
+    // Generate in blocks to keep the float matrix small.
+    let block = 1 << 16;
+    let mut done = 0;
+    while done < rows {
+        let n = block.min(rows - done);
+        pack_rows(
+            activations(n, neurons, dim, seed + done as u64).view(),
+            &mut out,
+        );
+        done += n;
+    }
+    out
+}
+
+fn packing(c: &mut Criterion) {
+    let mut g = c.benchmark_group("pack");
+    // One 64-image chunk of conv1 (20 channels, 24x24 positions) and of the dense layer.
+    let conv1 = activations(64 * 576, 20, 8, 1);
+    g.throughput(Throughput::Elements(conv1.nrows() as u64));
+    g.bench_function("pack_rows_conv1_20_neurons_64_images", |b| {
+        let mut out = Vec::with_capacity(conv1.nrows());
+        b.iter(|| {
+            out.clear();
+            pack_rows(conv1.view(), &mut out);
+            out.len()
+        })
+    });
+    let dense = activations(10_000, 100, 16, 2);
+    g.throughput(Throughput::Elements(dense.nrows() as u64));
+    g.bench_function("pack_rows_dense_100_neurons_10000_images", |b| {
+        let mut out = Vec::with_capacity(2 * dense.nrows());
+        b.iter(|| {
+            out.clear();
+            pack_rows(dense.view(), &mut out);
+            out.len()
+        })
+    });
+    g.finish();
+}
+
+fn counting(c: &mut Criterion) {
+    let mut g = c.benchmark_group("count");
+    g.sample_size(20);
+    for (name, rows, neurons, dim) in [
+        (
+            "count_conv1_5760000_states_20_neurons_1_thread",
+            5_760_000,
+            20,
+            8,
+        ),
+        (
+            "count_conv2_640000_states_50_neurons_1_thread",
+            640_000,
+            50,
+            24,
+        ),
+        (
+            "count_dense_10000_states_100_neurons_1_thread",
+            10_000,
+            100,
+            16,
+        ),
+    ] {
+        let s = states(rows, neurons, dim, 3);
+        g.throughput(Throughput::Elements(rows as u64));
+        g.bench_function(name, |b| {
+            b.iter_batched(
+                || LayerCounter::new(neurons as u32),
+                |mut counter| {
+                    counter.add(&s);
+                    counter.finish("layer", 1).counts.len()
+                },
+                BatchSize::LargeInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+fn entropy(c: &mut Criterion) {
+    let s = states(640_000, 50, 24, 4);
+    let mut counter = LayerCounter::new(50);
+    counter.add(&s);
+    let counts = counter.finish("conv2", 64).counts;
+    c.bench_function(&format!("shannon_{}_distinct_states", counts.len()), |b| {
+        b.iter(|| aiq_metrics::shannon_bits(&counts))
+    });
+}
+
+criterion_group!(benches, packing, counting, entropy);
+criterion_main!(benches);
