@@ -5,7 +5,7 @@
 //! `.npy`, and writes the counts stream that `score-aiq` reads.
 
 use std::error::Error;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 use aiq_count::{count_npy, read_any, write_counts, Counts, Measurement};
@@ -98,8 +98,14 @@ fn main() {
             } else {
                 args.inputs.clone()
             };
-            if inputs.iter().filter(|p| p.as_os_str() == "-").count() > 1 {
+            let stdin_uses = inputs.iter().filter(|p| p.as_os_str() == "-").count();
+            if stdin_uses > 1 {
                 return Err("standard input (-) given more than once".into());
+            }
+            if stdin_uses == 1 && std::io::stdin().is_terminal() {
+                return Err(
+                    "<stdin> is a terminal: give a states or counts FILE, or pipe one in".into(),
+                );
             }
             let mut total: Option<Counts> = None;
             for path in &inputs {

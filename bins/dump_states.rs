@@ -7,7 +7,7 @@
 //! complete: the output is the same bytes (provenance aside) for any thread count.
 
 use std::error::Error;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 use aiq_data::{load_split, DatasetKind, SplitName};
@@ -114,6 +114,9 @@ fn main() {
                 .build_global()?;
         }
         let mut out = Output::create(args.output.as_deref(), true)?;
+        if args.model.as_os_str() == "-" && std::io::stdin().is_terminal() {
+            return Err("<stdin> is a terminal: give --model FILE, or pipe a model in".into());
+        }
         let (model_name, mut model_reader) = Input::open(Some(&args.model))?.into_parts();
         let model = Model::read_from(&mut model_reader, &model_name)?;
         let dataset = args.dataset.unwrap_or(model.meta().dataset);

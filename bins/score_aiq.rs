@@ -3,7 +3,7 @@
 //! Reads a states stream (counted here, with the same code as `count-states`) or a counts
 //! stream, told apart by the header, and prints a table or one JSON object.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 use aiq_count::read_any;
@@ -51,6 +51,12 @@ fn main() {
             rayon::ThreadPoolBuilder::new()
                 .num_threads(t)
                 .build_global()?;
+        }
+        let from_stdin = args.input.as_ref().map_or(true, |p| p.as_os_str() == "-");
+        if from_stdin && std::io::stdin().is_terminal() {
+            return Err(
+                "<stdin> is a terminal: give a states or counts FILE, or pipe one in".into(),
+            );
         }
         let (name, reader) = Input::open(args.input.as_deref())?.into_parts();
         let counts = read_any(reader, &name)?;

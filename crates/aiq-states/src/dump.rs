@@ -6,12 +6,16 @@
 //! ```text
 //! "AIQSTATE" u32 version
 //! StatesHeader                      model identity, data set, split, layers, labels, provenance
-//! Record::Chunk { inputs, predictions }   then, per layer, inputs × states_per_input × words
-//!                                         u64 words (little-endian, no length prefix: the
-//!                                         header fixes it), image-major
+//! Record::Chunk { inputs, predictions }   then, per layer, inputs × states_per_input
+//!                                         states of ceil(neurons / 8) bytes each, image-major
+//!                                         (no length prefix: the header fixes it)
 //! ... more chunks ...
 //! Record::End { inputs, correct }
 //! ```
+//!
+//! A state on disk is its `u64` words' little-endian bytes cut to `ceil(neurons / 8)`:
+//! neuron `i` at bit `i % 8` of byte `i / 8`, TensorState's byte order. A 20-neuron conv
+//! state takes 3 bytes instead of 8, which is most of the stream.
 //!
 //! Predictions travel with their chunk and the accuracy in the end record, because
 //! `dump-states` writes the header before the forward pass and streams chunks as they are
@@ -26,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::pack::words_for;
 
 /// Format version of the states stream; bump on any layout change.
-pub const STATES_VERSION: u32 = 1;
+pub const STATES_VERSION: u32 = 2;
 
 /// Largest layer width accepted from a stream (a sanity bound against corrupt headers).
 pub const MAX_NEURONS: u32 = 1 << 20;
@@ -78,10 +82,19 @@ impl LayerSpec {
         words_for(self.neurons as usize)
     }
 
+    /// Bytes of one state on disk.
+    pub fn state_bytes(&self) -> usize {
+        (self.neurons as usize).div_ceil(8)
+    }
+
+    /// States of `inputs` inputs, if it fits in memory arithmetic.
+    fn states_for_inputs(&self, inputs: u64) -> Option<u64> {
+        inputs.checked_mul(u64::from(self.states_per_input))
+    }
+
     /// Words of `inputs` inputs, if it fits in memory arithmetic.
     fn words_for_inputs(&self, inputs: u64) -> Option<u64> {
-        inputs
-            .checked_mul(u64::from(self.states_per_input))?
+        self.states_for_inputs(inputs)?
             .checked_mul(self.words() as u64)
     }
 }
@@ -157,7 +170,10 @@ impl StatesHeader {
     /// Bytes of packed states in a chunk of `inputs` inputs.
     fn chunk_bytes(&self, inputs: u64) -> Option<u64> {
         self.layers.iter().try_fold(0u64, |acc, l| {
-            acc.checked_add(l.words_for_inputs(inputs)?.checked_mul(8)?)
+            acc.checked_add(
+                l.states_for_inputs(inputs)?
+                    .checked_mul(l.state_bytes() as u64)?,
+            )
         })
     }
 }
@@ -239,6 +255,13 @@ impl<W: Write> StatesWriter<W> {
                     words.len()
                 )));
             }
+            let (w, spare) = (spec.words(), spec.words() * 64 - spec.neurons as usize);
+            if spare > 0 && words.chunks_exact(w).any(|s| s[w - 1] >> (64 - spare) != 0) {
+                return Err(misuse(format!(
+                    "layer {:?}: a state has bits beyond its {} neurons",
+                    spec.name, spec.neurons
+                )));
+            }
         }
         let start = self.written as usize;
         self.correct += predictions
@@ -254,10 +277,19 @@ impl<W: Write> StatesWriter<W> {
             },
             &self.name,
         )?;
-        for words in layers {
+        for (spec, words) in self.header.layers.iter().zip(layers) {
             self.bytes.clear();
-            self.bytes
-                .extend(words.iter().flat_map(|w| w.to_le_bytes()));
+            let (w, nb) = (spec.words(), spec.state_bytes());
+            if w == 1 {
+                for word in words.iter() {
+                    self.bytes.extend_from_slice(&word.to_le_bytes()[..nb]);
+                }
+            } else {
+                for state in words.chunks_exact(w) {
+                    let all = state.iter().flat_map(|x| x.to_le_bytes());
+                    self.bytes.extend(all.take(nb));
+                }
+            }
             self.w
                 .write_all(&self.bytes)
                 .map_err(|e| IoError::io(&self.name, e))?;
@@ -403,9 +435,10 @@ impl<R: Read> StatesReader<R> {
                 chunk.layers.resize_with(self.header.layers.len(), Vec::new);
                 for (spec, states) in self.header.layers.iter().zip(chunk.layers.iter_mut()) {
                     // Validated in the header: fits in MAX_CHUNK_BYTES.
-                    let words = spec.words_for_inputs(n).unwrap_or(0) as usize;
+                    let count = spec.states_for_inputs(n).unwrap_or(0);
+                    let (w, nb) = (spec.words(), spec.state_bytes());
                     self.bytes.clear();
-                    let want = words as u64 * 8;
+                    let want = count * nb as u64;
                     (&mut self.r)
                         .take(want)
                         .read_to_end(&mut self.bytes)
@@ -421,10 +454,16 @@ impl<R: Read> StatesReader<R> {
                         });
                     }
                     states.clear();
-                    states.extend(self.bytes.chunks_exact(8).map(le_word));
-                    let spare = spec.words() * 64 - spec.neurons as usize;
+                    if w == 1 {
+                        decode_words(&self.bytes, nb, states);
+                    } else {
+                        for state in self.bytes.chunks_exact(nb) {
+                            // ceil(nb / 8) = w chunks: one per word.
+                            states.extend(state.chunks(8).map(le_word));
+                        }
+                    }
+                    let spare = w * 64 - spec.neurons as usize;
                     if spare > 0 {
-                        let w = spec.words();
                         let stray = states.chunks_exact(w).fold(0, |acc, s| acc | s[w - 1]);
                         if stray >> (64 - spare) != 0 {
                             return Err(corrupt(format!(
@@ -469,10 +508,33 @@ pub fn words_from_le(bytes: &[u8]) -> Vec<u64> {
     bytes.chunks_exact(8).map(le_word).collect()
 }
 
+/// Decodes one-word states of `nb` bytes each, with the width known at compile time so
+/// that each state is a single load rather than a call to `memcpy`.
+fn decode_words(bytes: &[u8], nb: usize, out: &mut Vec<u64>) {
+    fn fixed<const N: usize>(bytes: &[u8], out: &mut Vec<u64>) {
+        out.extend(bytes.chunks_exact(N).map(|c| {
+            let mut a = [0u8; 8];
+            a[..N].copy_from_slice(c);
+            u64::from_le_bytes(a)
+        }));
+    }
+    match nb {
+        1 => fixed::<1>(bytes, out),
+        2 => fixed::<2>(bytes, out),
+        3 => fixed::<3>(bytes, out),
+        4 => fixed::<4>(bytes, out),
+        5 => fixed::<5>(bytes, out),
+        6 => fixed::<6>(bytes, out),
+        7 => fixed::<7>(bytes, out),
+        _ => fixed::<8>(bytes, out),
+    }
+}
+
+/// Up to 8 little-endian bytes as a word, the missing high bytes zero.
 #[inline]
 fn le_word(b: &[u8]) -> u64 {
     let mut a = [0u8; 8];
-    a.copy_from_slice(b);
+    a[..b.len()].copy_from_slice(b);
     u64::from_le_bytes(a)
 }
 
@@ -596,8 +658,15 @@ mod tests {
     #[test]
     fn bits_beyond_the_neurons_are_corrupt() {
         let mut w = StatesWriter::new(Vec::new(), "mem", header(1)).unwrap();
-        w.write_chunk(&[0], &[&[0; 4], &[0, 1 << 6]]).unwrap();
-        let bytes = w.finish().unwrap();
+        // The writer refuses them...
+        assert!(w.write_chunk(&[0], &[&[0; 4], &[0, 1 << 6]]).is_err());
+        w.write_chunk(&[0], &[&[0; 4], &[0, 1 << 5]]).unwrap();
+        let mut bytes = w.finish().unwrap();
+        // ...and the reader finds them in a damaged stream: bit 70 of the 70-neuron layer is
+        // bit 6 of the state's 9th byte, just before the 20-byte end record.
+        let at = bytes.len() - 20 - 1;
+        assert_eq!(bytes[at], 1 << 5);
+        bytes[at] = 1 << 6;
         let mut r = StatesReader::new(bytes.as_slice(), "mem").unwrap();
         let err = r.next_chunk().unwrap_err();
         assert!(err.to_string().contains("beyond its 70 neurons"), "{err}");

@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Side-by-side timing of the state pipeline against TensorState 0.4.0 (the paper authors'
+# package), in one run on one machine, alternating ours and theirs, reporting medians.
+#
+# Both measure the authors' example, LeNet-5 (20,50,100) trained for EPOCHS epochs, on the
+# 10k MNIST test images. TensorState: capture (PyTorch forward pass with its hooks) and its
+# counting + scoring, as in the peer script ts_state_timing.py. Ours: `dump-states` (the
+# capture), `count-states` + `score-aiq` (counting and scoring), `score-aiq` straight on the
+# states, and the whole pipe with the peak memory of each stage.
+#
+# Usage: scripts/bench-states.sh TS_DIR [ROUNDS] [EPOCHS] [THREADS]
+#   TS_DIR: a TensorState build (see the peer's build_tensorstate.sh) whose venv also has
+#           torch: TS_DIR/venv/bin/python, TS_DIR/build/TensorState.
+# Env: BIN (our release binaries, default target/release), DATA (default data/mnist),
+#      WORK (scratch, default /dev/shm/aiq-bench-states: tmpfs, so disk speed is out of it).
+set -euo pipefail
+TS_DIR=${1:?usage: bench-states.sh TS_DIR [ROUNDS] [EPOCHS] [THREADS]}
+ROUNDS=${2:-5}; EPOCHS=${3:-1}; THREADS=${4:-2}
+BIN=${BIN:-target/release}; DATA=${DATA:-data/mnist}; WORK=${WORK:-/dev/shm/aiq-bench-states}
+mkdir -p "$WORK"
+MODEL="$WORK/lenet5_20_50_100.bin"
+[ -s "$MODEL" ] || "$BIN/train" --arch lenet5 --widths 20,50,100 --max-epochs "$EPOCHS" --seed 1 \
+    --data "$DATA" --threads "$THREADS" -o "$MODEL"
+export BIN DATA WORK MODEL ROUNDS EPOCHS THREADS
+PYTHONPATH="$TS_DIR/build" "$TS_DIR/venv/bin/python" - <<'PY'
+import json, os, statistics, struct, subprocess, sys, time
+import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
+import TensorState as ts
+
+B, D, W, M = (os.environ[k] for k in ("BIN", "DATA", "WORK", "MODEL"))
+rounds, epochs, th = (int(os.environ[k]) for k in ("ROUNDS", "EPOCHS", "THREADS"))
+
+def idx(path):
+    with open(path, "rb") as f:
+        magic, = struct.unpack(">I", f.read(4)); nd = magic & 0xff
+        dims = struct.unpack(">" + "I" * nd, f.read(4 * nd))
+        return np.frombuffer(f.read(), dtype=np.uint8).reshape(dims)
+
+# The peer script's model and training, verbatim in substance (ts_state_timing.py).
+class LeNet5(nn.Module):
+    def __init__(s):
+        super().__init__()
+        s.conv_1 = nn.Conv2d(1, 20, 5); s.conv_2 = nn.Conv2d(20, 50, 5); s.conv_3 = nn.Conv2d(50, 100, 4); s.pred = nn.Linear(100, 10)
+    def forward(s, x):
+        x = F.max_pool2d(F.elu(s.conv_1(x)), 2); x = F.max_pool2d(F.elu(s.conv_2(x)), 2)
+        return s.pred(F.elu(s.conv_3(x)).flatten(1))
+
+torch.set_num_threads(th); torch.manual_seed(0)
+xtr = torch.tensor(idx(f"{D}/train-images.idx3-ubyte"), dtype=torch.float32).div_(255).unsqueeze(1)
+ytr = torch.tensor(idx(f"{D}/train-labels.idx1-ubyte"), dtype=torch.long)
+xte = torch.tensor(idx(f"{D}/t10k-images.idx3-ubyte"), dtype=torch.float32).div_(255).unsqueeze(1)
+yte = torch.tensor(idx(f"{D}/t10k-labels.idx1-ubyte"), dtype=torch.long)
+m = LeNet5(); opt = torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9, nesterov=True, weight_decay=5e-4)
+for ep in range(epochs):
+    perm = torch.randperm(60000)
+    for i in range(0, 60000, 200):
+        b = perm[i:i + 200]; loss = F.cross_entropy(m(xtr[b]), ytr[b]); opt.zero_grad(); loss.backward(); opt.step()
+m.eval()
+
+def tensorstate():
+    t0 = time.perf_counter()
+    em = ts.build_efficiency_model(m, attach_to=["Conv2d"], method="after")
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, 10000, 200):
+            correct += (em(xte[i:i + 200]).argmax(1) == yte[i:i + 200]).sum().item()
+    t1 = time.perf_counter()
+    layers = [(int(l.state_count), len(l.counts()), float(l.efficiency())) for l in em.efficiency_layers]
+    eff = ts.network_efficiency(em); aiq = ts.aIQ(eff, correct / 10000, 2)
+    t2 = time.perf_counter()
+    return t1 - t0, t2 - t1
+
+def run(cmd, out=None):
+    t = time.perf_counter()
+    with open(out, "wb") if out else open(os.devnull, "wb") as f:
+        subprocess.run(cmd, shell=True, check=True, stdout=f)
+    return time.perf_counter() - t
+
+S, C = f"{W}/states.bin", f"{W}/counts.bin"
+common = f"--threads {th}"
+res = {k: [] for k in ("ts_capture", "ts_count_score", "dump_states", "count_score", "score_states", "pipe")}
+mem = []
+for r in range(rounds):
+    a, b = tensorstate(); res["ts_capture"].append(a); res["ts_count_score"].append(b)
+    res["dump_states"].append(run(f"{B}/dump-states {common} --model {M} --data {D}", S))
+    res["count_score"].append(run(f"{B}/count-states {common} {S} > {C} && {B}/score-aiq {C}"))
+    res["score_states"].append(run(f"{B}/score-aiq {common} {S}"))
+    res["pipe"].append(run(
+        f"/usr/bin/time -f %M -o {W}/m1 {B}/dump-states {common} --model {M} --data {D} | "
+        f"/usr/bin/time -f %M -o {W}/m2 {B}/count-states {common} | /usr/bin/time -f %M -o {W}/m3 {B}/score-aiq --json"))
+    mem.append(sum(int(open(f"{W}/m{i}").read().split()[-1]) for i in (1, 2, 3)) / 1024)
+med = {k: statistics.median(v) for k, v in res.items()}
+print(json.dumps({
+    "rounds": rounds, "threads": th, "load_before": os.getloadavg(),
+    "median_s": {k: round(v, 4) for k, v in med.items()},
+    "all_s": {k: [round(x, 4) for x in v] for k, v in res.items()},
+    "ratios": {"capture_ts_over_dump_states": round(med["ts_capture"] / med["dump_states"], 2),
+               "count_score_ts_over_ours": round(med["ts_count_score"] / med["count_score"], 2),
+               "count_score_ts_over_score_states": round(med["ts_count_score"] / med["score_states"], 2)},
+    "pipeline_peak_mib_sum_of_stages": round(max(mem), 1),
+}, indent=1))
+subprocess.run(f"{B}/score-aiq {S}", shell=True, check=True)
+PY
