@@ -18,7 +18,7 @@
 use std::io::{self, Read, Write};
 
 use aiq_io::{decode_bounded, encode, IoError, StreamKind};
-use aiq_states::{words_for, words_from_le, MAX_NEURONS};
+use aiq_states::{words_for, MAX_NEURONS};
 use serde::{Deserialize, Serialize};
 
 use crate::{Counts, LayerCounts, Measurement};
@@ -75,6 +75,12 @@ pub fn write_counts(w: &mut impl Write, counts: &Counts, name: &str) -> Result<(
         }
     }
     w.write_all(&buf).map_err(|e| IoError::io(name, e))
+}
+
+fn words_from_le_word(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(b);
+    u64::from_le_bytes(a)
 }
 
 /// Reads a counts stream, magic included.
@@ -139,9 +145,13 @@ pub fn read_counts_after_magic(r: &mut impl Read, name: &str) -> Result<Counts, 
                     ),
                 });
             }
-            for record in words_from_le(&bytes).chunks_exact(words + 1) {
-                states.extend_from_slice(&record[..words]);
-                counts.push(record[words]);
+            // The block is really there: reserve for it, then decode straight into place.
+            states.reserve(n as usize * words);
+            counts.reserve(n as usize);
+            for record in bytes.chunks_exact(rec as usize) {
+                let (state, count) = record.split_at(words * 8);
+                states.extend(state.chunks_exact(8).map(words_from_le_word));
+                counts.push(words_from_le_word(count));
             }
             left -= n;
         }
