@@ -317,3 +317,73 @@ fn killed_sweep_resumes_without_partial_files() {
     let q = held.make(&["-q", "sweep"]).status().unwrap();
     assert_eq!(q.code(), Some(0));
 }
+
+/// Writes `fixtures/mnist` in EMNIST-digits' layout (file names, images transposed), so the
+/// sweep's EMNIST stage (Table 4) runs on real digits.
+fn emnist_like(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let src = repo().join("fixtures/mnist");
+    for (from, to) in [
+        ("train", "emnist-digits-train"),
+        ("t10k", "emnist-digits-test"),
+    ] {
+        let mut images = std::fs::read(src.join(format!("{from}-images.idx3-ubyte"))).unwrap();
+        let (rows, cols) = (28, 28);
+        for img in images[16..].chunks_exact_mut(rows * cols) {
+            let orig = img.to_vec();
+            for r in 0..rows {
+                for c in 0..cols {
+                    img[c * rows + r] = orig[r * cols + c];
+                }
+            }
+        }
+        std::fs::write(dir.join(format!("{to}-images-idx3-ubyte")), images).unwrap();
+        std::fs::copy(
+            src.join(format!("{from}-labels.idx1-ubyte")),
+            dir.join(format!("{to}-labels-idx1-ubyte")),
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn randomization_and_emnist_grid_fills_tables_3_and_4() {
+    let sweep = Sweep::new();
+    let emnist = sweep.dir.path().join("emnist");
+    emnist_like(&emnist);
+    let grid = sweep.dir.path().join("tiny-rand");
+    std::fs::write(
+        &grid,
+        format!(
+            "arch lenet300\nn1 2 4\nn2 2\nmodifier none\nrandomize 0 75\nseeds 1 2\n\
+             data fixtures/mnist\nmax-epochs 1\nemnist {}\n",
+            emnist.display()
+        ),
+    )
+    .unwrap();
+    sweep.run(&["sweep", "-j2", &format!("GRID={}", grid.display())]);
+    assert_eq!(sweep.count("score.json"), 8);
+    assert_eq!(sweep.count("score-emnist.json"), 8);
+    let e: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            sweep
+                .root()
+                .join("lenet300-4-2/none/r75/seed1/score-emnist.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(e["dataset"], "emnist-digits");
+    assert_eq!(e["model"]["dataset"], "mnist");
+    assert_eq!(e["model"]["randomize_labels"], 0.75);
+    let md = std::fs::read_to_string(sweep.report().join("tables.md")).unwrap();
+    assert!(
+        md.contains("| Layer 1 | Layer 2 | 0% Rand | 75% Rand |"),
+        "{md}"
+    );
+    assert!(
+        md.contains("| MNIST 0% Rand | MNIST 75% Rand | EMNIST 0% Rand | EMNIST 75% Rand |"),
+        "{md}"
+    );
+    assert!(!md.contains("No EMNIST measurements"), "{md}");
+}
