@@ -30,7 +30,7 @@ target=${CARGO_TARGET_DIR:-$repo/target}
 cargo build --locked --bins -q
 bin=$target/debug
 
-work=$repo/target/sweep-slurm-test
+work=$target/sweep-slurm-test
 rm -rf "$work"
 mkdir -p "$work"
 # The top-level Makefile includes mk/sweep.mk; fall back to it alone when not wired yet.
@@ -56,6 +56,13 @@ check "heatmap PNG" test -s "$work/report/fig1-lenet300-none-r0-aiq.png"
 check "3 array tasks (chunked to MaxArraySize)" test "$(ls "$work/runs/slurm-logs/${array_id}"_*.out | wc -l)" = 3
 check "every run trained once" test "$(cat "$work"/runs/slurm-logs/"${array_id}"_*.out | grep -c '^train ')" = 8
 check "second make has nothing to do" make -q -f "$mk" "${vars[@]}" sweep
+# Resubmitting resumes: lose one run entirely and another's score, and only those are redone.
+rm -f "$work"/runs/lenet300-4-4/none/r0/seed2/* "$work"/runs/lenet300-2-2/none/r0/seed1/score.json
+ids=$(SLURM_WAIT=1 timeout 900 make -s -f "$mk" "${vars[@]}" sweep-slurm)
+array_id=${ids%% *}
+check "resubmission: 8 runs scored" test "$(count score.json)" = 8
+check "resubmission trained only the lost run" test "$(cat "$work"/runs/slurm-logs/"${array_id}"_*.out | grep -c '^train ')" = 1
+check "resubmission rescored two runs" test "$(cat "$work"/runs/slurm-logs/"${array_id}"_*.out | grep -c 'score-aiq ')" = 2
 echo "slurm sweep test: $(( $(date +%s) - start )) s"
 echo "$passed passed, $failed failed"
 [ "$failed" = 0 ]

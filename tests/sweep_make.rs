@@ -261,8 +261,10 @@ fn killed_sweep_resumes_without_partial_files() {
     }
     // SIGKILL to make and everything it started.
     let pgid = child.id() as i32;
-    let killed = Command::new("kill")
-        .args(["-KILL", "--", &format!("-{pgid}")])
+    // The shell's own kill (no procps needed); a negative pid is the process group.
+    let killed = Command::new("sh")
+        .arg("-c")
+        .arg(format!("kill -KILL -{pgid}"))
         .status()
         .unwrap();
     assert!(killed.success());
