@@ -52,7 +52,7 @@ use serde::{Deserialize, Serialize};
 
 pub use model::{Model, ModelMeta, FORMAT_VERSION};
 pub use net::WIDTHS;
-pub use train::{train, EpochReport, Progress, TrainConfig, SHARD};
+pub use train::{train, EpochReport, Progress, Stepper, TrainConfig, SHARD};
 
 /// Errors of training and of reading models. Each says what was expected and what was found.
 #[derive(Debug, thiserror::Error)]

@@ -184,14 +184,7 @@ pub fn train(
     let test_images = test_images.as_slice().expect("standard layout");
     let n = labels.len();
 
-    let (mut params, mut state) = init(&net, cfg.seed);
-    let mut velocity = vec![0.0f32; net.n_params];
-    let shard_cap = SHARD.min(cfg.batch);
-    let mut shards: Vec<Workspace> = (0..cfg.batch.div_ceil(shard_cap))
-        .map(|_| Workspace::new(&net, shard_cap, true))
-        .collect();
-    let phases = net.phases();
-    let mut bn = vec![BnBatch::default(); net.layers.len()];
+    let mut st = Stepper::with_net(net, cfg);
     let mut perm: Vec<u32> = (0..n as u32).collect();
     let batches = n.div_ceil(cfg.batch);
 
@@ -210,15 +203,7 @@ pub fn train(
                 batch: b as u64,
                 shard: 0,
             };
-            let batch = Batch {
-                net: &net,
-                phases: &phases,
-                images: train_images,
-                labels: &labels,
-                idx,
-                key,
-            };
-            let (ce, ok) = batch.run(&mut shards, &mut params, &mut velocity, &mut state, &mut bn);
+            let (ce, ok) = st.batch(train_images, &labels, idx, key);
             if !ce.is_finite() {
                 return Err(TrainError::Diverged {
                     epoch,
@@ -226,7 +211,8 @@ pub fn train(
                     loss: ce,
                 });
             }
-            loss_sum += ce;
+            // `ce` is the batch's mean: weight it by the batch's size.
+            loss_sum += ce * idx.len() as f64;
             correct += ok;
             let seen = ((b + 1) * cfg.batch).min(n);
             progress(Progress::Batch {
@@ -240,7 +226,13 @@ pub fn train(
         }
         let seconds = start.elapsed().as_secs_f64();
         let train_accuracy = correct as f64 / n as f64;
-        let test_accuracy = accuracy(&net, &params, &state, test_images, &data.test.labels);
+        let test_accuracy = accuracy(
+            &st.net,
+            &st.params,
+            &st.state,
+            test_images,
+            &data.test.labels,
+        );
         let improved = best.as_ref().is_none_or(|b| train_accuracy > b.0);
         let report = EpochReport {
             epoch,
@@ -256,8 +248,8 @@ pub fn train(
             best = Some((
                 train_accuracy,
                 epoch,
-                params.clone(),
-                state.clone(),
+                st.params.clone(),
+                st.state.clone(),
                 test_accuracy,
             ));
             since_best = 0;
@@ -281,10 +273,111 @@ pub fn train(
         best_epoch,
         train_accuracy,
         test_accuracy,
-        parameters: net.n_params + net.n_state,
+        parameters: st.net.n_params + st.net.n_state,
         provenance: aiq_io::Provenance::current("train", env!("CARGO_PKG_VERSION")),
     };
-    Ok(Model::from_parts(meta, net, params, state))
+    Ok(Model::from_parts(meta, st.net, params, state))
+}
+
+/// A network being trained: parameters, velocities, running statistics and the shards'
+/// workspaces. [`train`] drives it; benchmarks run single mini-batches through
+/// [`Stepper::step`], the same code path.
+#[derive(Debug)]
+pub struct Stepper {
+    net: Net,
+    phases: Vec<Vec<Step>>,
+    shards: Vec<Workspace>,
+    params: Vec<f32>,
+    velocity: Vec<f32>,
+    state: Vec<f32>,
+    bn: Vec<BnBatch>,
+    seed: u64,
+    batch: usize,
+    steps: u64,
+}
+
+impl Stepper {
+    /// Freshly initialized network and workspaces for `cfg`.
+    pub fn new(cfg: &TrainConfig) -> Result<Stepper, TrainError> {
+        if cfg.batch == 0 {
+            return Err(TrainError::Config("batch must be at least 1".to_string()));
+        }
+        Ok(Stepper::with_net(
+            Net::new(cfg.arch, &cfg.widths, cfg.modifier)?,
+            cfg,
+        ))
+    }
+
+    fn with_net(net: Net, cfg: &TrainConfig) -> Stepper {
+        let (params, state) = init(&net, cfg.seed);
+        let shard_cap = SHARD.min(cfg.batch);
+        let shards = (0..cfg.batch.div_ceil(shard_cap))
+            .map(|_| Workspace::new(&net, shard_cap, true))
+            .collect();
+        Stepper {
+            phases: net.phases(),
+            bn: vec![BnBatch::default(); net.layers.len()],
+            velocity: vec![0.0; net.n_params],
+            shards,
+            params,
+            state,
+            net,
+            seed: cfg.seed,
+            batch: cfg.batch,
+            steps: 0,
+        }
+    }
+
+    /// One mini-batch: the images of `idx` (rows of `images`, 784 pixels each). Returns the
+    /// batch's mean loss (L2 included) and how many it classified right.
+    fn batch(
+        &mut self,
+        images: &[f32],
+        labels: &[u8],
+        idx: &[u32],
+        key: DropoutKey,
+    ) -> (f64, usize) {
+        let batch = Batch {
+            net: &self.net,
+            phases: &self.phases,
+            images,
+            labels,
+            idx,
+            key,
+        };
+        batch.run(
+            &mut self.shards,
+            &mut self.params,
+            &mut self.velocity,
+            &mut self.state,
+            &mut self.bn,
+        )
+    }
+
+    /// One training step (forward, backward, update) on the first `batch` rows of `images`
+    /// (`n × 784`, standard layout) and their labels; returns the loss.
+    pub fn step(
+        &mut self,
+        images: ndarray::ArrayView2<'_, f32>,
+        labels: &[u8],
+    ) -> Result<f64, TrainError> {
+        let n = self.batch.min(labels.len()).min(images.nrows());
+        let images = images
+            .as_slice()
+            .filter(|_| images.ncols() == INPUT)
+            .ok_or_else(|| {
+                TrainError::Config("step: images must be standard-layout rows of 784".into())
+            })?;
+        let idx: Vec<u32> = (0..n as u32).collect();
+        self.steps += 1;
+        let key = DropoutKey {
+            seed: self.seed,
+            epoch: 0,
+            batch: self.steps,
+            shard: 0,
+        };
+        Ok(self.batch(images, labels, &idx, key).0)
+    }
 }
 
 /// The best epoch so far: training accuracy, epoch, parameters, running statistics, test

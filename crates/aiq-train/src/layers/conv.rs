@@ -61,7 +61,14 @@ fn im2col(x: &[f32], imgs: usize, s: &ConvShape, col: &mut [f32]) {
                 let row = rows.next().expect("im2col: row count");
                 for dy in 0..k {
                     let start = ((oy + dy) * s.w + ox) * c;
-                    row[dy * run..(dy + 1) * run].copy_from_slice(&img[start..start + run]);
+                    // An element loop, not copy_from_slice: runs are short (k·c_in floats)
+                    // and a memcpy call each costs more than the copy.
+                    for (d, v) in row[dy * run..(dy + 1) * run]
+                        .iter_mut()
+                        .zip(&img[start..start + run])
+                    {
+                        *d = *v;
+                    }
                 }
             }
         }
