@@ -10,8 +10,8 @@
 #
 # One run is train -> dump-states -> count-states -> score-aiq:
 #   RUNS/ARCH-N1-N2[-N3]/MODIFIER/rPCT/seedS/{model.bin,train.log,counts.bin,score.json}
-# (states.bin is an intermediate file, deleted once counted unless KEEP_STATES=1; make does
-# not rebuild a missing intermediate while what was made from it is up to date). Every stage
+# (states.bin is an intermediate file, deleted as soon as it is counted unless KEEP_STATES=1;
+# make does not rebuild a missing intermediate while what was made from it is up to date). Every stage
 # writes a temporary file and renames it, so a killed sweep leaves no partial file under a
 # final name and rerunning `make` completes it. `make sweep-clean-parts` removes the
 # temporaries a kill -9 leaves behind.
@@ -71,8 +71,11 @@ $(addprefix $(SWEEP_ROOT)/,$(addsuffix /model.bin,$(SWEEP_RUNS))): | $(SWEEP_BIN
 $(SWEEP_ROOT)/%/states.bin: $(SWEEP_ROOT)/%/model.bin
 	$(BIN)/dump-states --model $< --data $(SWEEP_DATA) --dataset $(SWEEP_DATASET) --split test --threads $(SWEEP_THREADS) -o $@
 
+# States are deleted as soon as they are counted (not when make ends: a LeNet-5 run's states
+# can take hundreds of megabytes, and a sweep has thousands of runs).
 $(SWEEP_ROOT)/%/counts.bin: $(SWEEP_ROOT)/%/states.bin
 	$(BIN)/count-states $< --threads $(SWEEP_THREADS) -o $@
+	$(if $(strip $(KEEP_STATES)),,@rm -f $<)
 
 $(SWEEP_ROOT)/%/score.json: $(SWEEP_ROOT)/%/counts.bin
 	$(BIN)/score-aiq $< --json -o $@
@@ -82,6 +85,7 @@ $(SWEEP_ROOT)/%/states-emnist.bin: $(SWEEP_ROOT)/%/model.bin
 
 $(SWEEP_ROOT)/%/counts-emnist.bin: $(SWEEP_ROOT)/%/states-emnist.bin
 	$(BIN)/count-states $< --threads $(SWEEP_THREADS) -o $@
+	$(if $(strip $(KEEP_STATES)),,@rm -f $<)
 
 $(SWEEP_ROOT)/%/score-emnist.json: $(SWEEP_ROOT)/%/counts-emnist.bin
 	$(BIN)/score-aiq $< --json -o $@
