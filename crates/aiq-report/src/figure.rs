@@ -69,7 +69,10 @@ pub type Cell = Option<(f64, Option<f64>)>;
 /// One heatmap: a metric's summary for each (N1, N2) cell.
 #[derive(Debug, Clone)]
 pub struct Heatmap {
+    /// The panel, e.g. `(a) Test accuracy`.
     pub title: String,
+    /// What was run: architecture, modifier, randomization, data, replicates.
+    pub subtitle: String,
     /// File stem, e.g. `fig1-lenet300-none-r0-accuracy`.
     pub stem: String,
     pub xs: Vec<u32>,
@@ -149,8 +152,10 @@ pub fn heatmaps(groups: &[Group]) -> Vec<Heatmap> {
                 .collect();
             let n = members.iter().map(|g| g.seeds.len()).max().unwrap_or(0);
             out.push(Heatmap {
-                title: format!(
-                    "({letter}) {label}: {}, modifier {modifier}, {r}% labels randomized, {data}, n ≤ {n}",
+                title: format!("({letter}) {label}"),
+                subtitle: format!(
+                    "{}, modifier {modifier}, {r}% of labels randomized, {data} test split, \
+                     mean ± 95% CI of up to {n} seeds",
                     arch_name(&arch)
                 ),
                 stem: format!("fig1-{arch}{data_tag}-{modifier}-r{r}-{metric}"),
@@ -166,7 +171,7 @@ pub fn heatmaps(groups: &[Group]) -> Vec<Heatmap> {
 // Layout in pixels.
 const CELL: i32 = 64;
 const LEFT: i32 = 80;
-const TOP: i32 = 56;
+const TOP: i32 = 72;
 const BOTTOM: i32 = 64;
 const RIGHT: i32 = 110;
 
@@ -204,8 +209,13 @@ impl Heatmap {
         };
         root.draw(&Text::new(
             self.title.clone(),
-            (w as i32 / 2, 20),
-            style(14, HPos::Center, VPos::Center),
+            (w as i32 / 2, 16),
+            style(15, HPos::Center, VPos::Center),
+        ))?;
+        root.draw(&Text::new(
+            self.subtitle.clone(),
+            (w as i32 / 2, 36),
+            style(11, HPos::Center, VPos::Center),
         ))?;
         let (lo, hi) = self.range();
         let norm = |v: f64| if hi > lo { (v - lo) / (hi - lo) } else { 0.5 };
