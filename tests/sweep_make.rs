@@ -389,3 +389,51 @@ fn randomization_and_emnist_grid_fills_tables_3_and_4() {
     );
     assert!(!md.contains("No EMNIST measurements"), "{md}");
 }
+
+#[test]
+fn bad_grids_and_empty_run_roots_fail_with_one_clear_line() {
+    let sweep = Sweep::new();
+    let grid = sweep.dir.path().join("bad");
+    std::fs::write(&grid, "arch lenet300\nn1 2 4\nn2 two\n").unwrap();
+    let out = sweep
+        .make(&["sweep-status", &format!("GRID={}", grid.display())])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "{}:3: \"n2\" expects non-negative integers, found \"two\"",
+            grid.display()
+        )),
+        "{err}"
+    );
+    std::fs::write(
+        &grid,
+        "arch lenet5\nn1 2\nn2 2\nmodifier none\nrandomize 0\nseeds 1\ndata d\n",
+    )
+    .unwrap();
+    let out = sweep
+        .make(&["sweep-status", &format!("GRID={}", grid.display())])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("lenet5 needs n1, n2 and n3"));
+
+    let empty = sweep.dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_aiq-report"))
+        .arg(&empty)
+        .arg("-o")
+        .arg(sweep.dir.path().join("r"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("aiq-report: no score*.json files under "),
+        "{err}"
+    );
+    assert!(!sweep.dir.path().join("r").exists(), "nothing written");
+}
