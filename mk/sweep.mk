@@ -11,10 +11,10 @@
 # One run is train -> dump-states -> count-states -> score-aiq:
 #   RUNS/ARCH-N1-N2[-N3]/MODIFIER/rPCT/seedS/{model.bin,train.log,counts.bin,score.json}
 # (states.bin is an intermediate file, deleted as soon as it is counted unless KEEP_STATES=1;
-# make does not rebuild a missing intermediate while what was made from it is up to date). Every stage
-# writes a temporary file and renames it, so a killed sweep leaves no partial file under a
-# final name and rerunning `make` completes it. `make sweep-clean-parts` removes the
-# temporaries a kill -9 leaves behind.
+# make does not rebuild a missing intermediate while what was made from it is up to date).
+# Every stage writes a temporary file and renames it, so a killed sweep leaves no partial
+# file under a final name and rerunning `make` completes it. `make sweep-clean-parts`
+# removes the temporaries a kill -9 leaves behind. Needs GNU make 4.3 or later.
 
 BIN           ?= target/release
 # The target that builds $(BIN)/* when one is missing (the top-level Makefile's `build`);
