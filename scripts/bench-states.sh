@@ -6,7 +6,9 @@
 # 10k MNIST test images. TensorState: capture (PyTorch forward pass with its hooks) and its
 # counting + scoring, as in the peer script ts_state_timing.py. Ours: `dump-states` (the
 # capture), `count-states` + `score-aiq` (counting and scoring), `score-aiq` straight on the
-# states, and the whole pipe with the peak memory of each stage.
+# states, and the whole pipe with the peak memory of each stage. Wall times (medians) and CPU
+# times (user + system, all threads; TensorState's from its own process, ours from the child
+# processes) are both reported: on a shared, loaded machine the CPU ratio is the steadier one.
 #
 # Usage: scripts/bench-states.sh TS_DIR [ROUNDS] [EPOCHS] [THREADS]
 #   TS_DIR: a TensorState build (see the peer's build_tensorstate.sh) whose venv also has
@@ -23,7 +25,7 @@ MODEL="$WORK/lenet5_20_50_100.bin"
     --data "$DATA" --threads "$THREADS" -o "$MODEL"
 export BIN DATA WORK MODEL ROUNDS EPOCHS THREADS
 PYTHONPATH="$TS_DIR/build" "$TS_DIR/venv/bin/python" - <<'PY'
-import json, os, statistics, struct, subprocess, sys, time
+import json, os, resource, statistics, struct, subprocess, sys, time
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 import TensorState as ts
 
@@ -57,34 +59,43 @@ for ep in range(epochs):
         b = perm[i:i + 200]; loss = F.cross_entropy(m(xtr[b]), ytr[b]); opt.zero_grad(); loss.backward(); opt.step()
 m.eval()
 
+def cpu_children():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
 def tensorstate():
+    c0 = time.process_time()
     t0 = time.perf_counter()
     em = ts.build_efficiency_model(m, attach_to=["Conv2d"], method="after")
     correct = 0
     with torch.no_grad():
         for i in range(0, 10000, 200):
             correct += (em(xte[i:i + 200]).argmax(1) == yte[i:i + 200]).sum().item()
-    t1 = time.perf_counter()
+    t1 = time.perf_counter(); c1 = time.process_time()
     layers = [(int(l.state_count), len(l.counts()), float(l.efficiency())) for l in em.efficiency_layers]
     eff = ts.network_efficiency(em); aiq = ts.aIQ(eff, correct / 10000, 2)
-    t2 = time.perf_counter()
+    t2 = time.perf_counter(); c2 = time.process_time()
+    cpu["ts_capture"].append(c1 - c0); cpu["ts_count_score"].append(c2 - c1)
     return t1 - t0, t2 - t1
 
-def run(cmd, out=None):
-    t = time.perf_counter()
+def run(cmd, out=None, key=None):
+    t, c = time.perf_counter(), cpu_children()
     with open(out, "wb") if out else open(os.devnull, "wb") as f:
         subprocess.run(cmd, shell=True, check=True, stdout=f)
+    if key:
+        cpu[key].append(cpu_children() - c)
     return time.perf_counter() - t
 
 S, C = f"{W}/states.bin", f"{W}/counts.bin"
 common = f"--threads {th}"
 res = {k: [] for k in ("ts_capture", "ts_count_score", "dump_states", "count_score", "score_states", "pipe")}
+cpu = {k: [] for k in res if k != "pipe"}
 mem = []
 for r in range(rounds):
     a, b = tensorstate(); res["ts_capture"].append(a); res["ts_count_score"].append(b)
-    res["dump_states"].append(run(f"{B}/dump-states {common} --model {M} --data {D}", S))
-    res["count_score"].append(run(f"{B}/count-states {common} {S} > {C} && {B}/score-aiq {C}"))
-    res["score_states"].append(run(f"{B}/score-aiq {common} {S}"))
+    res["dump_states"].append(run(f"{B}/dump-states {common} --model {M} --data {D}", S, "dump_states"))
+    res["count_score"].append(run(f"{B}/count-states {common} {S} > {C} && {B}/score-aiq {C}", key="count_score"))
+    res["score_states"].append(run(f"{B}/score-aiq {common} {S}", key="score_states"))
     res["pipe"].append(run(
         f"/usr/bin/time -f %M -o {W}/m1 {B}/dump-states {common} --model {M} --data {D} | "
         f"/usr/bin/time -f %M -o {W}/m2 {B}/count-states {common} | /usr/bin/time -f %M -o {W}/m3 {B}/score-aiq --json"))
@@ -94,9 +105,12 @@ print(json.dumps({
     "rounds": rounds, "threads": th, "load_before": os.getloadavg(),
     "median_s": {k: round(v, 4) for k, v in med.items()},
     "all_s": {k: [round(x, 4) for x in v] for k, v in res.items()},
+    "median_cpu_s": {k: round(statistics.median(v), 4) for k, v in cpu.items()},
     "ratios": {"capture_ts_over_dump_states": round(med["ts_capture"] / med["dump_states"], 2),
                "count_score_ts_over_ours": round(med["ts_count_score"] / med["count_score"], 2),
-               "count_score_ts_over_score_states": round(med["ts_count_score"] / med["score_states"], 2)},
+               "count_score_ts_over_score_states": round(med["ts_count_score"] / med["score_states"], 2),
+               "cpu_count_score_ts_over_ours": round(statistics.median(cpu["ts_count_score"]) / statistics.median(cpu["count_score"]), 2),
+               "cpu_capture_ts_over_dump_states": round(statistics.median(cpu["ts_capture"]) / statistics.median(cpu["dump_states"]), 2)},
     "pipeline_peak_mib_sum_of_stages": round(max(mem), 1),
 }, indent=1))
 subprocess.run(f"{B}/score-aiq {S}", shell=True, check=True)
