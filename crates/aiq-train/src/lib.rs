@@ -26,6 +26,10 @@
 //!   whose activation (ELU) is fused into the layer, and any `BatchNormalization` is a
 //!   separate layer after it. A neuron is on iff its ELU output is > 0, which is also the
 //!   sign of its pre-activation.
+//! - **GEMM** goes through ndarray: matrixmultiply (pure Rust, AVX2/FMA chosen at run time)
+//!   by default, the system OpenBLAS with the `openblas` feature (Debian's
+//!   `libopenblas-dev`). Rayon already runs one shard per core, so give OpenBLAS one thread
+//!   (`OPENBLAS_NUM_THREADS=1`); its own threading would oversubscribe the cores.
 //! - **Parameters** are counted as Keras' `count_params()` does: kernels and biases, plus
 //!   batch norm's γ, β, moving mean and moving variance (4 per channel) when present.
 //!
@@ -37,7 +41,7 @@
 
 // With the `openblas` feature, link the system OpenBLAS that ndarray's `blas` GEMM calls.
 #[cfg(feature = "openblas")]
-extern crate blas_src;
+use blas_src as _;
 
 mod gemm;
 mod layers;
