@@ -13,6 +13,7 @@
 //! two vectors are then decoded under bounds of exactly their expected sizes.
 
 use std::io::{Read, Write};
+use std::sync::Mutex;
 
 use aiq_data::DatasetKind;
 use aiq_io::{Provenance, StreamKind};
@@ -52,12 +53,26 @@ pub struct ModelMeta {
 }
 
 /// A trained network: metadata, parameters and batch norm's running statistics.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Model {
     meta: ModelMeta,
     net: Net,
     params: Vec<f32>,
     state: Vec<f32>,
+    /// Inference workspaces kept between [`Model::forward_hidden`] calls, so callers that
+    /// run many chunks (from several threads) do not allocate and zero buffers each time.
+    spare: Mutex<Vec<Workspace>>,
+}
+
+impl Clone for Model {
+    fn clone(&self) -> Model {
+        Model::from_parts(
+            self.meta.clone(),
+            self.net.clone(),
+            self.params.clone(),
+            self.state.clone(),
+        )
+    }
 }
 
 impl Model {
@@ -72,6 +87,7 @@ impl Model {
             net,
             params,
             state,
+            spare: Mutex::new(Vec::new()),
         }
     }
 
@@ -143,12 +159,7 @@ impl Model {
                 state.len()
             )));
         }
-        Ok(Model {
-            meta,
-            net,
-            params,
-            state,
-        })
+        Ok(Model::from_parts(meta, net, params, state))
     }
 
     /// Inference on `images` (rows of 784 pixels), single-threaded (callers parallelize over
@@ -172,7 +183,13 @@ impl Model {
             "forward_hidden: images must be rows of 28×28 pixels"
         );
         let images = images.as_standard_layout();
-        let mut ws = Workspace::new(&self.net, n.max(1), false);
+        // A kept workspace big enough for this call, or a new one.
+        let kept = {
+            let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+            let at = spare.iter().position(|w| w.cap() >= n);
+            at.map(|i| spare.swap_remove(i))
+        };
+        let mut ws = kept.unwrap_or_else(|| Workspace::new(&self.net, n.max(1), false));
         let logits = crate::train::infer(
             &self.net,
             &self.params,
@@ -181,7 +198,13 @@ impl Model {
             images.as_slice().expect("standard layout"),
             tap,
         );
-        Array2::from_shape_vec((n, CLASSES), logits.to_vec()).expect("logits shape")
+        let logits = Array2::from_shape_vec((n, CLASSES), logits.to_vec()).expect("logits shape");
+        let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+        // Keep a few (one per worker thread, typically); drop the rest.
+        if spare.len() < 16 {
+            spare.push(ws);
+        }
+        logits
     }
 
     /// Predicted class of each image (argmax of the logits, the first on ties).
@@ -272,7 +295,7 @@ mod tests {
         let mut meta = m.meta().clone();
         meta.widths = vec![3, 3];
         let mut other = Vec::new();
-        Model { meta, ..m.clone() }
+        Model::from_parts(meta, m.net.clone(), m.params.clone(), m.state.clone())
             .write_to(&mut other, "x")
             .unwrap();
         let err = Model::read_from(&mut other.as_slice(), "x").unwrap_err();
@@ -307,6 +330,12 @@ mod tests {
                 assert_eq!(usize::from(*p), argmax(z.as_slice().unwrap()));
             }
         }
+    }
+
+    #[test]
+    fn models_can_be_shared_across_threads() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<Model>();
     }
 
     #[test]
