@@ -3,7 +3,9 @@
 //! Reads every `score*.json` (written by `score-aiq --json`) under the given run roots,
 //! groups runs that differ only by seed, and writes into the output directory:
 //! `summary.csv`, `summary.json` (mean and 95% Student-t interval per configuration),
-//! `tables.md` (Tables 1–4) and the Figure 1 heatmaps `fig1-*.png` / `fig1-*.svg`.
+//! `tables.md` (Tables 1–4, and Table 5: parameter statistics from each run's `train.log`
+//! correlated with aIQ and test accuracy, also in `param_stats.csv`) and the Figure 1
+//! heatmaps `fig1-*.png` / `fig1-*.svg`.
 
 use std::path::PathBuf;
 
@@ -20,6 +22,11 @@ use clap::Parser;
     configuration; each metric is summarized as the mean and the half-width of the two-sided \
     95% Student-t interval (t(0.975, n-1) * sd / sqrt(n)). Accuracy and η are fractions in the \
     CSV/JSON; the Markdown tables print them in % and aIQ ×100, as in the paper.\n\n\
+    Table 5 (tables.md, param_stats.csv, summary.json's param_stats_correlation): the \
+    parameter statistics of the epoch each model kept, read from the train.log next to its \
+    score.json (`train --log` lines with \"stats\"; older logs without them are skipped), \
+    correlated across runs of one architecture with aIQ and test accuracy (Pearson r, \
+    Spearman ρ).\n\n\
     Example: aiq-report runs/lenet300 -o reports/lenet300"
 )]
 struct Args {

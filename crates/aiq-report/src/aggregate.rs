@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::paramstats::ArchCorrelations;
 use crate::runs::Run;
 use crate::stats::Summary;
 use crate::ReportError;
@@ -274,15 +275,24 @@ fn csv_field(s: &str) -> String {
     }
 }
 
-/// The groups as JSON, with the provenance of the report.
-pub fn to_json(groups: &[Group], provenance: &aiq_io::Provenance) -> String {
+/// The groups and Table 5's correlations as JSON, with the provenance of the report.
+pub fn to_json(
+    groups: &[Group],
+    param_stats_correlation: &[ArchCorrelations],
+    provenance: &aiq_io::Provenance,
+) -> String {
     #[derive(Serialize)]
     struct Doc<'a> {
         provenance: &'a aiq_io::Provenance,
         groups: &'a [Group],
+        param_stats_correlation: &'a [ArchCorrelations],
     }
-    let mut s = serde_json::to_string_pretty(&Doc { provenance, groups })
-        .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+    let mut s = serde_json::to_string_pretty(&Doc {
+        provenance,
+        groups,
+        param_stats_correlation,
+    })
+    .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
     s.push('\n');
     s
 }

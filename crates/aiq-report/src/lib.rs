@@ -7,7 +7,10 @@
 //!
 //! - `summary.csv` and `summary.json`: one entry per configuration (`summary.json` is written
 //!   last, so its presence means a complete report);
-//! - `tables.md`: the paper's Tables 1–4;
+//! - `tables.md`: the paper's Tables 1–4, and Table 5: which parameter statistics (from the
+//!   runs' `train.log`, see [`paramstats`]) track aIQ and test accuracy;
+//! - `param_stats.csv`: Table 5's correlations (also under `param_stats_correlation` in
+//!   `summary.json`);
 //! - `fig1-*.png` / `fig1-*.svg`: Figure 1's heatmaps over N1 × N2.
 //!
 //! ```
@@ -23,6 +26,7 @@ use std::path::{Path, PathBuf};
 
 pub mod aggregate;
 pub mod figure;
+pub mod paramstats;
 pub mod runs;
 pub mod stats;
 pub mod tables;
@@ -87,6 +91,7 @@ pub fn write_report(
 ) -> Result<Written, ReportError> {
     let runs = runs::load_runs(&config.roots)?;
     let groups = aggregate::aggregate(&runs)?;
+    let correlations = paramstats::correlate(&paramstats::load(&runs)?);
     std::fs::create_dir_all(&config.out_dir).map_err(|e| ReportError::io(&config.out_dir, e))?;
     let stamp = format!(
         "produced by {} {}: {}",
@@ -107,16 +112,21 @@ pub fn write_report(
     put("summary.csv", aggregate::to_csv(&groups, &stamp).as_bytes())?;
     put(
         "summary.json",
-        aggregate::to_json(&groups, provenance).as_bytes(),
+        aggregate::to_json(&groups, &correlations, provenance).as_bytes(),
     )?;
     let md = format!(
-        "<!-- {} -->\n# aIQ sweep report\n\n{} runs in {} configurations.\n\n{}",
+        "<!-- {} -->\n# aIQ sweep report\n\n{} runs in {} configurations.\n\n{}{}",
         figure::xml_comment_safe(&stamp),
         runs.len(),
         groups.len(),
-        tables::render_tables(&groups)
+        tables::render_tables(&groups),
+        paramstats::table5(&correlations)
     );
     put("tables.md", md.as_bytes())?;
+    put(
+        "param_stats.csv",
+        paramstats::to_csv(&correlations, &stamp).as_bytes(),
+    )?;
     if config.figures {
         let maps = figure::heatmaps(&groups);
         if !maps.is_empty() {
@@ -130,7 +140,7 @@ pub fn write_report(
     // Last, so that its presence means the whole report was written (make's target).
     put(
         "summary.json",
-        aggregate::to_json(&groups, provenance).as_bytes(),
+        aggregate::to_json(&groups, &correlations, provenance).as_bytes(),
     )?;
     Ok(Written {
         runs: runs.len(),

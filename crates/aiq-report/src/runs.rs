@@ -54,6 +54,14 @@ pub struct Score {
     pub split: String,
 }
 
+impl Score {
+    /// True for the model measured on the test split of its own data set (`score.json`),
+    /// as opposed to the EMNIST generalization test.
+    pub fn is_primary(&self) -> bool {
+        self.dataset == self.model.dataset && self.split == "test"
+    }
+}
+
 /// A score file and where it was found.
 #[derive(Debug, Clone)]
 pub struct Run {
@@ -144,7 +152,7 @@ pub fn read_score(path: &Path) -> Result<Score, ReportError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn score_json(widths: &[u32], seed: u64, acc: f64) -> String {
