@@ -136,6 +136,7 @@ fn tiny_sweep_is_complete_idempotent_and_hand_checked() {
     assert_eq!(before, sweep.files(), "second make changed files");
 
     check_report_by_hand(&sweep);
+    check_table5(&sweep);
 
     // A stale stage is redone, and only what depends on it: touch one model.
     let model = sweep.root().join("lenet300-2-4/none/r0/seed2/model.bin");
@@ -213,6 +214,42 @@ fn check_report_by_hand(sweep: &Sweep) {
                 row[1]
             );
         }
+    }
+}
+
+/// Table 5 is in every report: with a row per statistic over all runs when the train logs
+/// carry statistics, with the reason when they do not; its CSV and JSON forms agree.
+fn check_table5(sweep: &Sweep) {
+    let with_stats = sweep
+        .files()
+        .keys()
+        .filter(|p| p.file_name().is_some_and(|n| n == "train.log"))
+        .all(|p| std::fs::read_to_string(p).unwrap().contains("\"stats\""));
+    let md = std::fs::read_to_string(sweep.report().join("tables.md")).unwrap();
+    assert!(
+        md.contains("## Table 5. Parameter statistics vs aIQ and test accuracy"),
+        "{md}"
+    );
+    let csv = std::fs::read_to_string(sweep.report().join("param_stats.csv")).unwrap();
+    let rows: Vec<&str> = csv.lines().filter(|l| l.starts_with("lenet300,")).collect();
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(sweep.report().join("summary.json")).unwrap(),
+    )
+    .unwrap();
+    let corr = &json["param_stats_correlation"];
+    assert!(corr.is_array(), "{json}");
+    if with_stats {
+        assert!(
+            md.contains("**LeNet-300-100** (8 of 8 runs with statistics)"),
+            "{md}"
+        );
+        assert!(md.contains("| network.parameters | 8 |"), "{md}");
+        assert!(md.contains("| dense1.weights.variance | 8 |"), "{md}");
+        assert!(!rows.is_empty(), "{csv}");
+        assert_eq!(corr[0]["statistics"].as_array().unwrap().len(), rows.len());
+    } else {
+        assert!(md.contains("No parameter statistics"), "{md}");
+        assert!(rows.is_empty(), "{csv}");
     }
 }
 
