@@ -111,6 +111,7 @@ fn read_kept_stats_with(
     struct Line {
         #[serde(default)]
         best: bool,
+        /// Absent or `null` in logs from before `train` recorded statistics.
         #[serde(default)]
         stats: Option<serde_json::Value>,
     }
@@ -172,9 +173,6 @@ fn read_kept_stats_with(
     let Some((number, Some(stats))) = kept_best.or(last) else {
         return Ok(None);
     };
-    if stats.is_null() {
-        return Ok(None);
-    }
     let layers: Vec<LayerStats> = serde_json::from_value(stats).map_err(|e| {
         parse_error(
             number,
@@ -693,6 +691,8 @@ mod tests {
             e.contains("train.log:3") && e.contains("more than 2 lines"),
             "{e}"
         );
+        std::fs::write(&log, "{\"best\":true,\"stats\":null}\n").unwrap();
+        assert_eq!(read_kept_stats(&log).unwrap(), None);
         std::fs::write(&log, "{}\n{}\n").unwrap();
         assert_eq!(read_kept_stats_with(&log, small).unwrap(), None);
     }
