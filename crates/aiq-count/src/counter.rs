@@ -147,8 +147,11 @@ impl<K: Copy + Ord> Runs<K> {
 
 #[derive(Debug, Clone)]
 enum Table {
-    /// Count of each state, indexed by its value (layers of ≤ [`DENSE_MAX_NEURONS`]).
-    Dense(Vec<u64>),
+    /// Count of each state, indexed by its value (layers of ≤ [`DENSE_MAX_NEURONS`]), in
+    /// `u32` while the counter has seen fewer than 2^32 observations (half the memory and
+    /// page faults of `u64`), then widened to [`Table::Dense64`].
+    Dense(Vec<u32>),
+    Dense64(Vec<u64>),
     One(Runs<u64>),
     Two(Runs<u128>),
     Many(Map<Box<[u64]>>),
@@ -201,12 +204,21 @@ impl LayerCounter {
     pub fn add(&mut self, states: &[u64]) {
         debug_assert_eq!(states.len() % self.words, 0);
         self.observations += (states.len() / self.words) as u64;
+        if self.observations > u64::from(u32::MAX) {
+            self.widen();
+        }
 
         match &mut self.table {
             Table::Dense(t) => {
                 let mask = t.len() - 1;
                 for &s in states {
                     // The mask only matters for corrupt input; states are checked on reading.
+                    t[s as usize & mask] += 1;
+                }
+            }
+            Table::Dense64(t) => {
+                let mask = t.len() - 1;
+                for &s in states {
                     t[s as usize & mask] += 1;
                 }
             }
@@ -240,17 +252,32 @@ impl LayerCounter {
         match &mut self.table {
             Table::One(r) => r.flush(),
             Table::Two(r) => r.flush(),
-            Table::Dense(_) | Table::Many(_) => {}
+            Table::Dense(_) | Table::Dense64(_) | Table::Many(_) => {}
+        }
+    }
+
+    /// Turns a `u32` dense table into a `u64` one (before any count could overflow).
+    fn widen(&mut self) {
+        if let Table::Dense(t) = &self.table {
+            self.table = Table::Dense64(t.iter().map(|&c| u64::from(c)).collect());
         }
     }
 
     /// Adds another counter's counts of the same layer (exact, order-independent).
-    pub fn merge(&mut self, other: LayerCounter) {
+    pub fn merge(&mut self, mut other: LayerCounter) {
         debug_assert_eq!(self.neurons, other.neurons);
         self.observations += other.observations;
+        let wide = |t: &Table| matches!(t, Table::Dense64(_));
+        if self.observations > u64::from(u32::MAX) || wide(&self.table) || wide(&other.table) {
+            self.widen();
+            other.widen();
+        }
 
         match (&mut self.table, other.table) {
             (Table::Dense(a), Table::Dense(b)) => a.iter_mut().zip(b).for_each(|(x, y)| *x += y),
+            (Table::Dense64(a), Table::Dense64(b)) => {
+                a.iter_mut().zip(b).for_each(|(x, y)| *x += y)
+            }
             (Table::One(a), Table::One(mut b)) => {
                 a.flush();
                 b.flush();
@@ -275,6 +302,12 @@ impl LayerCounter {
 
         let (states, counts) = match self.table {
             Table::Dense(t) => t
+                .into_iter()
+                .enumerate()
+                .filter(|&(_, c)| c > 0)
+                .map(|(s, c)| (s as u64, u64::from(c)))
+                .unzip(),
+            Table::Dense64(t) => t
                 .into_iter()
                 .enumerate()
                 .filter(|&(_, c)| c > 0)
@@ -393,6 +426,26 @@ mod tests {
             assert_eq!(got.counts, want_counts, "{neurons}");
             assert_eq!(got.states, want_states, "{neurons}");
         }
+    }
+
+    #[test]
+    fn dense_counts_widen_and_merge_across_widths() {
+        let mut a = LayerCounter::new(4);
+        a.add(&[1, 1, 3]);
+        let mut b = a.clone();
+        b.widen();
+        b.add(&[3, 15]);
+        assert!(matches!(b.table, Table::Dense64(_)));
+        // u32 into u64 (after widening on a large total) and the other way round.
+        let mut c = a.clone();
+        c.observations = u64::from(u32::MAX);
+        let mut b2 = b.clone();
+        b2.merge(c);
+        let got = b2.finish("l", 1);
+        assert_eq!((got.states, got.counts), (vec![1, 3, 15], vec![4, 3, 1]));
+        a.merge(b);
+        let got = a.finish("l", 1);
+        assert_eq!((got.states, got.counts), (vec![1, 3, 15], vec![4, 3, 1]));
     }
 
     #[test]
