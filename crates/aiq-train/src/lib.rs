@@ -47,6 +47,7 @@ mod gemm;
 mod layers;
 mod model;
 mod net;
+mod stats;
 mod train;
 
 use std::fmt;

@@ -240,18 +240,6 @@ impl Net {
             .unwrap_or(INPUT)
     }
 
-    /// im2col scratch for `n` images.
-    fn col_len(&self, n: usize) -> usize {
-        self.layers
-            .iter()
-            .map(|l| match &l.op {
-                Op::Conv { s, .. } => s.col_len(n),
-                _ => 0,
-            })
-            .max()
-            .unwrap_or(0)
-    }
-
     pub fn logits_layer(&self) -> usize {
         self.layers.len() - 1
     }
@@ -342,7 +330,9 @@ pub(crate) struct Workspace {
     xhat: Vec<Vec<f32>>,
     /// Per layer: this shard's partial sums for a batch-norm reduction.
     pub bn_part: Vec<Vec<f64>>,
-    col: Vec<f32>,
+    /// Per convolution: its own im2col buffer, so the backward pass can reuse the forward
+    /// pass's when the shard fits one chunk.
+    cols: Vec<Vec<f32>>,
     g: [Vec<f32>; 2],
     cur: usize,
     /// This shard's parameter gradient (training workspaces only).
@@ -411,7 +401,13 @@ impl Workspace {
             mask,
             xhat,
             bn_part,
-            col: vec![0.0; net.col_len(cap)],
+            cols: per(&|l| match &l.op {
+                Op::Conv { s, .. } => s.col_len(cap),
+                _ => 0,
+            })
+            .into_iter()
+            .map(|n| vec![0.0; n])
+            .collect(),
             g: [vec![0.0; gsize], vec![0.0; gsize]],
             cur: 0,
             grad: if train {
@@ -501,7 +497,7 @@ impl Workspace {
                 &p[*b..b + s.cout],
                 n,
                 s,
-                &mut self.col,
+                &mut self.cols[l],
                 y,
             ),
             Op::Elu => elu::forward(x, y),
@@ -601,7 +597,9 @@ impl Workspace {
                     dy,
                     n,
                     s,
-                    &mut self.col,
+                    &mut self.cols[l],
+                    // Training runs backward right after forward on the same images.
+                    true,
                     gw,
                     gb,
                     want_dx.then_some(dxs),

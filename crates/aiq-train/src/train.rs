@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::model::{Model, ModelMeta};
 use crate::net::{BnBatch, Ctx, DropoutKey, Net, Op, Step, Workspace, CLASSES, INPUT};
+use crate::stats::{epoch_stats, ActStats};
 use crate::{layers::batchnorm, Arch, Modifier, TrainError};
 
 /// Images per shard. Fixed (not derived from the thread count) so results do not depend on
@@ -74,6 +75,9 @@ pub struct EpochReport {
     pub images_per_second: f64,
     /// True when this epoch's training accuracy is the best so far (its weights are kept).
     pub best: bool,
+    /// Parameter statistics of every weighted layer (see the `stats` module for where each
+    /// set of values comes from).
+    pub stats: Vec<aiq_paramstats::LayerStats>,
 }
 
 /// Progress reports for a progress bar and a log.
@@ -226,13 +230,16 @@ pub fn train(
         }
         let seconds = start.elapsed().as_secs_f64();
         let train_accuracy = correct as f64 / n as f64;
-        let test_accuracy = accuracy(
+        let mut acts = ActStats::new(&st.net);
+        let test_accuracy = evaluate(
             &st.net,
             &st.params,
             &st.state,
             test_images,
             &data.test.labels,
+            Some(&mut acts),
         );
+        let stats = epoch_stats(&st.net, &st.params, &st.shards[0].grad, &acts);
         let improved = best.as_ref().is_none_or(|b| train_accuracy > b.0);
         let report = EpochReport {
             epoch,
@@ -242,6 +249,7 @@ pub fn train(
             test_accuracy,
             images_per_second: n as f64 / seconds.max(1e-9),
             best: improved,
+            stats,
         };
         progress(Progress::Epoch(&report));
         if improved {
@@ -396,20 +404,49 @@ pub(crate) fn accuracy(
     images: &[f32],
     labels: &[u8],
 ) -> f64 {
-    let correct: usize = labels
+    evaluate(net, params, state, images, labels, None)
+}
+
+/// [`accuracy`], also gathering activation statistics into `stats` when given; the chunks'
+/// statistics merge in chunk order, so they do not depend on the thread count.
+pub(crate) fn evaluate(
+    net: &Net,
+    params: &[f32],
+    state: &[f32],
+    images: &[f32],
+    labels: &[u8],
+    stats: Option<&mut ActStats>,
+) -> f64 {
+    let want = stats.is_some();
+    let chunks: Vec<(usize, Option<ActStats>)> = labels
         .par_chunks(EVAL_CHUNK)
         .enumerate()
         .map(|(c, labels)| {
             let imgs = &images[c * EVAL_CHUNK * INPUT..(c * EVAL_CHUNK + labels.len()) * INPUT];
             let mut ws = Workspace::new(net, labels.len(), false);
-            let logits = infer(net, params, state, &mut ws, imgs, &mut |_, _| {});
-            logits
+            let mut part = want.then(|| ActStats::new(net));
+            let logits = infer(net, params, state, &mut ws, imgs, &mut |hidden, m| {
+                if let (Some(p), Some(xs)) = (part.as_mut(), m.as_slice()) {
+                    p.add(hidden, xs);
+                }
+            });
+            if let Some(p) = part.as_mut() {
+                p.add(net.taps.len(), logits);
+            }
+            let correct = logits
                 .chunks_exact(CLASSES)
                 .zip(labels)
                 .filter(|(z, &l)| crate::layers::loss::argmax(z) == usize::from(l))
-                .count()
+                .count();
+            (correct, part)
         })
-        .sum();
+        .collect();
+    if let Some(stats) = stats {
+        for part in chunks.iter().filter_map(|(_, p)| p.as_ref()) {
+            stats.merge(part);
+        }
+    }
+    let correct: usize = chunks.iter().map(|(c, _)| c).sum();
     correct as f64 / labels.len().max(1) as f64
 }
 

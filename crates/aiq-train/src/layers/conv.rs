@@ -110,9 +110,7 @@ pub(crate) fn forward(
     y: &mut [f32],
 ) {
     let pos = s.oh() * s.ow();
-    for row in y[..n * s.out_size()].chunks_exact_mut(s.cout) {
-        row.copy_from_slice(b);
-    }
+    super::dense::fill_rows(&mut y[..n * s.out_size()], b);
     let mut i = 0;
     while i < n {
         let imgs = s.chunk().min(n - i);
@@ -135,6 +133,9 @@ pub(crate) fn forward(
 }
 
 /// Gradients of one shard: `dw`, `db` overwritten, and `dx` (overwritten) when asked.
+/// `col_ready`: `col` still holds the forward pass's im2col of `x`, which is the case when
+/// [`forward`] ran on the same images with the same buffer and they fit one chunk; the
+/// backward pass then skips rebuilding it.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn backward(
     x: &[f32],
@@ -143,6 +144,7 @@ pub(crate) fn backward(
     n: usize,
     s: &ConvShape,
     col: &mut [f32],
+    col_ready: bool,
     dw: &mut [f32],
     db: &mut [f32],
     mut dx: Option<&mut [f32]>,
@@ -158,7 +160,9 @@ pub(crate) fn backward(
         let imgs = s.chunk().min(n - i);
         let rows = imgs * pos;
         let dy_c = &dy[i * s.out_size()..];
-        im2col(&x[i * s.in_size()..], imgs, s, col);
+        if !(col_ready && n <= s.chunk()) {
+            im2col(&x[i * s.in_size()..], imgs, s, col);
+        }
         let beta = if i == 0 { 0.0 } else { 1.0 };
         gemm(true, false, kdim, s.cout, rows, 1.0, col, dy_c, beta, dw);
         if let Some(dx) = dx.as_deref_mut() {
@@ -241,8 +245,36 @@ mod tests {
         let r = uniform(&mut g, n * s.out_size(), -1.0, 1.0);
         let mut col = vec![0.0; s.col_len(n)];
         let (mut dw, mut db, mut dx) = (vec![0.0; w.len()], vec![0.0; s.cout], vec![7.0; x.len()]);
-        backward(&x, &w, &r, n, &s, &mut col, &mut dw, &mut db, Some(&mut dx));
+        backward(
+            &x,
+            &w,
+            &r,
+            n,
+            &s,
+            &mut col,
+            false,
+            &mut dw,
+            &mut db,
+            Some(&mut dx),
+        );
+        // Reusing the forward pass's im2col gives the same gradients.
+        let (mut dw2, mut db2, mut dx2) =
+            (vec![0.0; w.len()], vec![0.0; s.cout], vec![0.0; x.len()]);
         let mut y = vec![0.0; n * s.out_size()];
+        forward(&x, &w, &b, n, &s, &mut col, &mut y);
+        backward(
+            &x,
+            &w,
+            &r,
+            n,
+            &s,
+            &mut col,
+            true,
+            &mut dw2,
+            &mut db2,
+            Some(&mut dx2),
+        );
+        assert_eq!((&dw, &db, &dx), (&dw2, &db2, &dx2));
         let (x0, w0, b0) = (x.clone(), w.clone(), b.clone());
         grad_check("conv dx", &mut x, &dx, 1, 1e-2, |x| {
             forward(x, &w0, &b0, n, &s, &mut col, &mut y);
