@@ -161,4 +161,40 @@ mod tests {
         // No activations recorded for dense2: empty summary, every neuron silent.
         assert_eq!((stats[1].activations.count, stats[1].never_fire), (0, 1.0));
     }
+
+    #[test]
+    fn statistics_do_not_depend_on_the_thread_count() {
+        let data = crate::train::tests::synthetic(400, 1200, 3);
+        let cfg = crate::TrainConfig {
+            batch: 100,
+            ..crate::TrainConfig::paper(Arch::Lenet5, vec![2, 3, 4])
+        };
+        let mut st = crate::Stepper::new(&cfg).unwrap();
+        st.step(data.train.images.view(), &data.train.labels)
+            .unwrap();
+        let run = |threads| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| st.evaluate(data.test.images.view(), &data.test.labels, true))
+                .unwrap()
+        };
+        let (acc1, stats1) = run(1);
+        let (acc2, stats2) = run(2);
+        assert_eq!(acc1, acc2);
+        assert_eq!(stats1, stats2);
+        let stats = stats1.unwrap();
+        assert_eq!(stats.len(), 4);
+        // 1200 test images: conv1 sees 24·24 positions × 2 channels each, the logits 10.
+        assert_eq!(stats[0].activations.count, 1200 * 576 * 2);
+        assert_eq!(stats[3].activations.count, 1200 * 10);
+        // Without statistics the accuracy is the same.
+        assert_eq!(
+            st.evaluate(data.test.images.view(), &data.test.labels, false)
+                .unwrap()
+                .0,
+            acc1
+        );
+    }
 }

@@ -230,16 +230,7 @@ pub fn train(
         }
         let seconds = start.elapsed().as_secs_f64();
         let train_accuracy = correct as f64 / n as f64;
-        let mut acts = ActStats::new(&st.net);
-        let test_accuracy = evaluate(
-            &st.net,
-            &st.params,
-            &st.state,
-            test_images,
-            &data.test.labels,
-            Some(&mut acts),
-        );
-        let stats = epoch_stats(&st.net, &st.params, &st.shards[0].grad, &acts);
+        let (test_accuracy, stats) = st.evaluate_rows(test_images, &data.test.labels, true);
         let improved = best.as_ref().is_none_or(|b| train_accuracy > b.0);
         let report = EpochReport {
             epoch,
@@ -249,7 +240,7 @@ pub fn train(
             test_accuracy,
             images_per_second: n as f64 / seconds.max(1e-9),
             best: improved,
-            stats,
+            stats: stats.unwrap_or_default(),
         };
         progress(Progress::Epoch(&report));
         if improved {
@@ -360,6 +351,47 @@ impl Stepper {
             &mut self.state,
             &mut self.bn,
         )
+    }
+
+    /// The evaluation [`train`] runs after every epoch: accuracy on `images` (`n × 784`,
+    /// standard layout) and, with `with_stats`, the per-layer parameter statistics of the
+    /// log (the gradient being the last mini-batch's). Public so benchmarks time the same
+    /// code path.
+    pub fn evaluate(
+        &self,
+        images: ndarray::ArrayView2<'_, f32>,
+        labels: &[u8],
+        with_stats: bool,
+    ) -> Result<(f64, Option<Vec<aiq_paramstats::LayerStats>>), TrainError> {
+        let n = labels.len();
+        let images = images
+            .as_slice()
+            .filter(|s| images.ncols() == INPUT && s.len() == n * INPUT)
+            .ok_or_else(|| {
+                TrainError::Config(
+                    "evaluate: images must be standard-layout rows of 784, one per label".into(),
+                )
+            })?;
+        Ok(self.evaluate_rows(images, labels, with_stats))
+    }
+
+    fn evaluate_rows(
+        &self,
+        images: &[f32],
+        labels: &[u8],
+        with_stats: bool,
+    ) -> (f64, Option<Vec<aiq_paramstats::LayerStats>>) {
+        let mut acts = with_stats.then(|| ActStats::new(&self.net));
+        let accuracy = evaluate(
+            &self.net,
+            &self.params,
+            &self.state,
+            images,
+            labels,
+            acts.as_mut(),
+        );
+        let stats = acts.map(|a| epoch_stats(&self.net, &self.params, &self.shards[0].grad, &a));
+        (accuracy, stats)
     }
 
     /// One training step (forward, backward, update) on the first `batch` rows of `images`
