@@ -86,6 +86,14 @@ impl<K: Copy + Ord> Runs<K> {
         }
     }
 
+    /// Flushes once the buffer has reached its bound (checked per batch of observations, so
+    /// it may pass the bound by one batch).
+    fn flush_if_full(&mut self) {
+        if self.buf.len() >= BUFFER.max(self.keys.len()) {
+            self.flush();
+        }
+    }
+
     fn flush(&mut self) {
         if self.buf.is_empty() {
             return;
@@ -94,19 +102,30 @@ impl<K: Copy + Ord> Runs<K> {
         // Measured on LeNet-5 conv2 states (640k, 50 bits): pdqsort beat an LSD radix
         // sort with 8-, 11- and 16-bit digits.
         buf.sort_unstable();
-        let (mut keys, mut counts) = (Vec::new(), Vec::new());
-        for k in buf.drain(..) {
-            if keys.last() == Some(&k) {
-                if let Some(c) = counts.last_mut() {
-                    *c += 1;
+        // Run-length encode in place: the distinct keys stay at the front of the buffer,
+        // which becomes the sorted list itself on the first flush (no copy, no new pages).
+        let mut counts = Vec::with_capacity(buf.len());
+        let mut distinct = 0;
+        for i in 0..buf.len() {
+            let k = buf[i];
+            match counts.last_mut() {
+                Some(c) if buf[distinct - 1] == k => *c += 1,
+                _ => {
+                    buf[distinct] = k;
+                    distinct += 1;
+                    counts.push(1);
                 }
-            } else {
-                keys.push(k);
-                counts.push(1);
             }
         }
-        self.merge_sorted(&keys, &counts);
-        self.buf = buf;
+        buf.truncate(distinct);
+        if self.keys.is_empty() {
+            self.keys = buf;
+            self.counts = counts;
+        } else {
+            self.merge_sorted(&buf, &counts);
+            buf.clear();
+            self.buf = buf;
+        }
     }
 
     /// Merges a sorted list of distinct keys and counts into this one.
@@ -142,6 +161,24 @@ impl<K: Copy + Ord> Runs<K> {
         c2.extend_from_slice(&counts[j..]);
         self.keys = k2;
         self.counts = c2;
+    }
+}
+
+/// Adds states of `nb` ≤ 3 bytes each to a dense table, each state's bytes its index.
+fn dense_from_bytes<T: std::ops::AddAssign + From<u8>>(t: &mut [T], bytes: &[u8], nb: usize) {
+    // The mask only matters for corrupt input (the reader rejects bits beyond the neurons),
+    // and lets the compiler drop the bounds check.
+    let mask = t.len() - 1;
+    match nb {
+        1 => bytes
+            .iter()
+            .for_each(|&b| t[b as usize & mask] += T::from(1)),
+        2 => bytes
+            .chunks_exact(2)
+            .for_each(|c| t[(c[0] as usize | (c[1] as usize) << 8) & mask] += T::from(1)),
+        _ => bytes.chunks_exact(3).for_each(|c| {
+            t[(c[0] as usize | (c[1] as usize) << 8 | (c[2] as usize) << 16) & mask] += T::from(1)
+        }),
     }
 }
 
@@ -242,6 +279,78 @@ impl LayerCounter {
                     }
                 }
             }
+        }
+    }
+
+    /// Counts states stored as `ceil(neurons / 8)` little-endian bytes each, end to end (the
+    /// states stream's layout, [`aiq_states::RawChunk`]), without decoding them into words
+    /// first: a narrow layer's state bytes are its table index.
+    pub fn add_bytes(&mut self, bytes: &[u8]) {
+        let nb = (self.neurons as usize).div_ceil(8);
+        debug_assert_eq!(bytes.len() % nb, 0);
+        self.observations += (bytes.len() / nb) as u64;
+        if self.observations > u64::from(u32::MAX) {
+            self.widen();
+        }
+        match &mut self.table {
+            Table::Dense(t) => dense_from_bytes(t, bytes, nb),
+            Table::Dense64(t) => dense_from_bytes(t, bytes, nb),
+            Table::One(r) => {
+                fn fixed<const N: usize>(r: &mut Runs<u64>, bytes: &[u8]) {
+                    r.buf.extend(bytes.chunks_exact(N).map(|c| {
+                        let mut a = [0u8; 8];
+                        a[..N].copy_from_slice(c);
+                        u64::from_le_bytes(a)
+                    }));
+                }
+                match nb {
+                    1 => fixed::<1>(r, bytes),
+                    2 => fixed::<2>(r, bytes),
+                    3 => fixed::<3>(r, bytes),
+                    4 => fixed::<4>(r, bytes),
+                    5 => fixed::<5>(r, bytes),
+                    6 => fixed::<6>(r, bytes),
+                    7 => fixed::<7>(r, bytes),
+                    _ => fixed::<8>(r, bytes),
+                }
+                r.flush_if_full();
+            }
+            Table::Two(r) => {
+                r.buf.extend(bytes.chunks_exact(nb).map(|c| {
+                    let mut a = [0u8; 16];
+                    a[..nb].copy_from_slice(c);
+                    u128::from_le_bytes(a)
+                }));
+                r.flush_if_full();
+            }
+            Table::Many(m) => {
+                let mut key = vec![0u64; self.words];
+                for s in bytes.chunks_exact(nb) {
+                    for (k, b) in key.iter_mut().zip(s.chunks(8)) {
+                        let mut a = [0u8; 8];
+                        a[..b.len()].copy_from_slice(b);
+                        *k = u64::from_le_bytes(a);
+                    }
+                    match m.get_mut(key.as_slice()) {
+                        Some(c) => *c += 1,
+                        None => {
+                            m.insert(key.as_slice().into(), 1);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reserves room for about `observations` more observations in the buffer of a sorted
+    /// layer (at most its bound), so it never grows by copying: address space only, pages
+    /// are touched as observations arrive.
+    pub fn reserve(&mut self, observations: u64) {
+        let n = observations.min(BUFFER as u64) as usize;
+        match &mut self.table {
+            Table::One(r) => r.buf.reserve(n.saturating_sub(r.buf.len())),
+            Table::Two(r) => r.buf.reserve(n.saturating_sub(r.buf.len())),
+            Table::Dense(_) | Table::Dense64(_) | Table::Many(_) => {}
         }
     }
 
@@ -419,6 +528,16 @@ mod tests {
             c2.add(b);
             c1.merge(c2);
             let got = c1.finish("l", 1);
+            // The same states as the stream stores them, counted from their bytes.
+            let nb = (neurons as usize).div_ceil(8);
+            let bytes: Vec<u8> = states
+                .chunks_exact(w)
+                .flat_map(|s| s.iter().flat_map(|x| x.to_le_bytes()).take(nb))
+                .collect();
+            let mut c3 = LayerCounter::new(neurons);
+            c3.add_bytes(&bytes[..bytes.len() / nb / 2 * nb]);
+            c3.add_bytes(&bytes[bytes.len() / nb / 2 * nb..]);
+            assert_eq!(c3.finish("l", 1), got, "{neurons}: from bytes");
             let want_counts: Vec<u64> = plain.values().copied().collect();
             let want_states: Vec<u64> =
                 plain.keys().flat_map(|k| k.iter().rev().copied()).collect();

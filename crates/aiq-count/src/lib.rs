@@ -26,7 +26,7 @@ use std::io::Read;
 use std::sync::Mutex;
 
 use aiq_io::{IoError, Provenance, StreamKind};
-use aiq_states::{words_for, ModelIdentity, StatesChunk, StatesReader, STATES_VERSION};
+use aiq_states::{words_for, ModelIdentity, RawChunk, StatesReader, STATES_VERSION};
 use serde::{Deserialize, Serialize};
 
 pub use counter::{FoldHasher, LayerCounter};
@@ -268,17 +268,21 @@ impl Counts {
 /// Counts every layer of a states stream and checks the stream to its end record: a stream
 /// cut short is an error, never counted in part.
 ///
-/// One worker per rayon thread: each takes the reader's lock only to read the next chunk into
-/// its own reused buffers, then counts it into its own counters while the others read; the
-/// counters are merged at the end (exact integer sums, so the result is the same for any
-/// thread count).
+/// One worker per rayon thread: each takes the reader's lock only to read the next chunk's
+/// bytes into its own reused buffer, then counts them straight from the bytes into its own
+/// counters while the others read; the counters are merged at the end (exact integer sums,
+/// so the result is the same for any thread count).
 pub fn count_states<R: Read + Send>(reader: StatesReader<R>) -> Result<Counts, IoError> {
     let header = reader.header().clone();
     let fresh = || -> Vec<LayerCounter> {
         header
             .layers
             .iter()
-            .map(|l| LayerCounter::new(l.neurons))
+            .map(|l| {
+                let mut c = LayerCounter::new(l.neurons);
+                c.reserve(header.inputs.saturating_mul(u64::from(l.states_per_input)));
+                c
+            })
             .collect()
     };
     let threads = rayon::current_num_threads().max(1);
@@ -286,7 +290,7 @@ pub fn count_states<R: Read + Send>(reader: StatesReader<R>) -> Result<Counts, I
     let shared = Mutex::new((reader, None::<IoError>));
     let worker = || {
         let mut counters = fresh();
-        let mut chunk = StatesChunk::default();
+        let mut chunk = RawChunk::default();
         loop {
             {
                 let mut guard = shared.lock().unwrap_or_else(|e| e.into_inner());
@@ -294,7 +298,7 @@ pub fn count_states<R: Read + Send>(reader: StatesReader<R>) -> Result<Counts, I
                 if error.is_some() {
                     break;
                 }
-                match reader.read_chunk_into(&mut chunk) {
+                match reader.read_raw_chunk_into(&mut chunk) {
                     Ok(true) => {}
                     Ok(false) => break,
                     Err(e) => {
@@ -303,8 +307,8 @@ pub fn count_states<R: Read + Send>(reader: StatesReader<R>) -> Result<Counts, I
                     }
                 }
             }
-            for (c, words) in counters.iter_mut().zip(&chunk.layers) {
-                c.add(words);
+            for (i, c) in counters.iter_mut().enumerate() {
+                c.add_bytes(chunk.layer(i));
             }
         }
         counters.iter_mut().for_each(LayerCounter::seal);

@@ -194,6 +194,31 @@ pub struct StatesChunk {
     pub layers: Vec<Vec<u64>>,
 }
 
+/// One chunk as stored: its predictions and, per layer, its states as `ceil(neurons / 8)`
+/// bytes each (neuron `i` at bit `i % 8` of byte `i / 8`), image-major, in one reused buffer.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RawChunk {
+    /// Index of the chunk's first input.
+    pub first_input: u64,
+    pub predictions: Vec<u8>,
+    bytes: Vec<u8>,
+    /// End of each layer's bytes in `bytes`.
+    ends: Vec<usize>,
+}
+
+impl RawChunk {
+    /// Layer `i`'s states, `ceil(neurons / 8)` bytes each.
+    pub fn layer(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.bytes[start..self.ends[i]]
+    }
+
+    /// Number of layers.
+    pub fn layers(&self) -> usize {
+        self.ends.len()
+    }
+}
+
 /// Writes a states stream chunk by chunk.
 #[derive(Debug)]
 pub struct StatesWriter<W: Write> {
@@ -329,7 +354,8 @@ pub struct StatesReader<R: Read> {
     read: u64,
     correct: u64,
     ended: bool,
-    bytes: Vec<u8>,
+    /// Scratch for [`read_chunk_into`](Self::read_chunk_into).
+    raw: RawChunk,
 }
 
 impl<R: Read> StatesReader<R> {
@@ -351,7 +377,7 @@ impl<R: Read> StatesReader<R> {
             read: 0,
             correct: 0,
             ended: false,
-            bytes: Vec::new(),
+            raw: RawChunk::default(),
         })
     }
 
@@ -371,8 +397,38 @@ impl<R: Read> StatesReader<R> {
     }
 
     /// Reads the next chunk into `chunk`, reusing its buffers (no allocation per chunk once
-    /// they have grown); `false` after the end record.
+    /// they have grown), states decoded into `u64` words; `false` after the end record.
     pub fn read_chunk_into(&mut self, chunk: &mut StatesChunk) -> Result<bool, IoError> {
+        let mut raw = std::mem::take(&mut self.raw);
+        let more = self.read_raw_chunk_into(&mut raw);
+        if let Ok(true) = more {
+            chunk.layers.resize_with(self.header.layers.len(), Vec::new);
+            for (i, (spec, states)) in self.header.layers.iter().zip(&mut chunk.layers).enumerate()
+            {
+                let (w, nb) = (spec.words(), spec.state_bytes());
+                states.clear();
+                if w == 1 {
+                    decode_words(raw.layer(i), nb, states);
+                } else {
+                    for state in raw.layer(i).chunks_exact(nb) {
+                        // ceil(nb / 8) = w chunks: one per word.
+                        states.extend(state.chunks(8).map(le_word));
+                    }
+                }
+            }
+            chunk.first_input = raw.first_input;
+            std::mem::swap(&mut chunk.predictions, &mut raw.predictions);
+        }
+        self.raw = raw;
+        more
+    }
+
+    /// Reads the next chunk as stored, each layer's states as `ceil(neurons / 8)` bytes
+    /// apiece, into `chunk`'s reused buffer: one read per chunk and no decoding, so a
+    /// counter can index its table straight from the bytes. Sizes, bits beyond the neurons
+    /// and the end record are checked as by [`read_chunk_into`](Self::read_chunk_into);
+    /// `false` after the end record.
+    pub fn read_raw_chunk_into(&mut self, chunk: &mut RawChunk) -> Result<bool, IoError> {
         if self.ended {
             return Ok(false);
         }
@@ -432,40 +488,38 @@ impl<R: Read> StatesReader<R> {
                     )));
                 }
                 let first = self.read;
-                chunk.layers.resize_with(self.header.layers.len(), Vec::new);
-                for (spec, states) in self.header.layers.iter().zip(chunk.layers.iter_mut()) {
-                    // Validated in the header: fits in MAX_CHUNK_BYTES.
-                    let count = spec.states_for_inputs(n).unwrap_or(0);
-                    let (w, nb) = (spec.words(), spec.state_bytes());
-                    self.bytes.clear();
-                    let want = count * nb as u64;
-                    (&mut self.r)
-                        .take(want)
-                        .read_to_end(&mut self.bytes)
-                        .map_err(|e| IoError::io(&self.name, e))?;
-                    if self.bytes.len() as u64 != want {
-                        return Err(IoError::Truncated {
-                            name: self.name.clone(),
-                            what: format!(
-                                "cut inside the states of layer {:?} in inputs {first}..{}",
-                                spec.name,
-                                first + n
-                            ),
-                        });
-                    }
-                    states.clear();
-                    if w == 1 {
-                        decode_words(&self.bytes, nb, states);
-                    } else {
-                        for state in self.bytes.chunks_exact(nb) {
-                            // ceil(nb / 8) = w chunks: one per word.
-                            states.extend(state.chunks(8).map(le_word));
-                        }
-                    }
-                    let spare = w * 64 - spec.neurons as usize;
+                // Validated in the header: a chunk fits in MAX_CHUNK_BYTES.
+                chunk.ends.clear();
+                let mut total = 0usize;
+                for spec in &self.header.layers {
+                    total += spec.states_for_inputs(n).unwrap_or(0) as usize * spec.state_bytes();
+                    chunk.ends.push(total);
+                }
+                // Grows with the data actually present (a corrupt record cannot make it
+                // allocate more than the stream holds); capacity is reused across chunks.
+                chunk.bytes.clear();
+                let got = (&mut self.r)
+                    .take(total as u64)
+                    .read_to_end(&mut chunk.bytes)
+                    .map_err(|e| IoError::io(&self.name, e))?;
+                if got < total {
+                    let cut = chunk.ends.iter().position(|&e| got < e).unwrap_or(0);
+                    return Err(IoError::Truncated {
+                        name: self.name.clone(),
+                        what: format!(
+                            "cut inside the states of layer {:?} in inputs {first}..{}",
+                            self.header.layers[cut].name,
+                            first + n
+                        ),
+                    });
+                }
+                for (i, spec) in self.header.layers.iter().enumerate() {
+                    let spare = spec.state_bytes() * 8 - spec.neurons as usize;
                     if spare > 0 {
-                        let stray = states.chunks_exact(w).fold(0, |acc, s| acc | s[w - 1]);
-                        if stray >> (64 - spare) != 0 {
+                        let nb = spec.state_bytes();
+                        let last = chunk.layer(i).iter().skip(nb - 1).step_by(nb);
+                        let stray = last.fold(0u8, |acc, &b| acc | b);
+                        if stray >> (8 - spare) != 0 {
                             return Err(corrupt(format!(
                                 "layer {:?} has states with bits beyond its {} neurons",
                                 spec.name, spec.neurons
