@@ -165,20 +165,42 @@ impl<K: Copy + Ord> Runs<K> {
 }
 
 /// Adds states of `nb` ≤ 3 bytes each to a dense table, each state's bytes its index.
-fn dense_from_bytes<T: std::ops::AddAssign + From<u8>>(t: &mut [T], bytes: &[u8], nb: usize) {
+fn dense_from_bytes<T: std::ops::AddAssign + From<u8> + From<u32>>(
+    t: &mut [T],
+    bytes: &[u8],
+    nb: usize,
+) {
     // The mask only matters for corrupt input (the reader rejects bits beyond the neurons),
     // and lets the compiler drop the bounds check.
     let mask = t.len() - 1;
     match nb {
         1 => bytes
             .iter()
-            .for_each(|&b| t[b as usize & mask] += T::from(1)),
+            .for_each(|&b| t[b as usize & mask] += T::from(1u8)),
         2 => bytes
             .chunks_exact(2)
-            .for_each(|c| t[(c[0] as usize | (c[1] as usize) << 8) & mask] += T::from(1)),
-        _ => bytes.chunks_exact(3).for_each(|c| {
-            t[(c[0] as usize | (c[1] as usize) << 8 | (c[2] as usize) << 16) & mask] += T::from(1)
-        }),
+            .for_each(|c| t[(c[0] as usize | (c[1] as usize) << 8) & mask] += T::from(1u8)),
+        _ => {
+            // Neighbouring positions of a conv layer often share their state (background):
+            // count runs of equal states and add each run once, rather than chaining
+            // increments of one counter through memory.
+            let (states, _) = bytes.as_chunks::<3>();
+            let index =
+                |c: &[u8; 3]| (c[0] as usize | (c[1] as usize) << 8 | (c[2] as usize) << 16) & mask;
+            let Some(first) = states.first() else { return };
+            let (mut prev, mut run) = (index(first), 0u32);
+            for c in states {
+                let i = index(c);
+                if i == prev {
+                    run += 1;
+                } else {
+                    t[prev] += T::from(run);
+                    prev = i;
+                    run = 1;
+                }
+            }
+            t[prev] += T::from(run);
+        }
     }
 }
 

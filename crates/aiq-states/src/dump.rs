@@ -515,16 +515,11 @@ impl<R: Read> StatesReader<R> {
                 }
                 for (i, spec) in self.header.layers.iter().enumerate() {
                     let spare = spec.state_bytes() * 8 - spec.neurons as usize;
-                    if spare > 0 {
-                        let nb = spec.state_bytes();
-                        let last = chunk.layer(i).iter().skip(nb - 1).step_by(nb);
-                        let stray = last.fold(0u8, |acc, &b| acc | b);
-                        if stray >> (8 - spare) != 0 {
-                            return Err(corrupt(format!(
-                                "layer {:?} has states with bits beyond its {} neurons",
-                                spec.name, spec.neurons
-                            )));
-                        }
+                    if spare > 0 && stray_bits(chunk.layer(i), spec.state_bytes(), spare) {
+                        return Err(corrupt(format!(
+                            "layer {:?} has states with bits beyond its {} neurons",
+                            spec.name, spec.neurons
+                        )));
                     }
                 }
                 let labels = &self.header.labels[first as usize..(first + n) as usize];
@@ -582,6 +577,26 @@ fn decode_words(bytes: &[u8], nb: usize, out: &mut Vec<u64>) {
         7 => fixed::<7>(bytes, out),
         _ => fixed::<8>(bytes, out),
     }
+}
+
+/// True if any `nb`-byte state has a bit set among the top `spare` bits of its last byte
+/// (bits beyond the layer's neurons). Reads 8·`nb` bytes (8 states) as `nb` words at a time
+/// against a fixed mask of those bits, rather than one strided byte per state.
+fn stray_bits(bytes: &[u8], nb: usize, spare: usize) -> bool {
+    let high = 0xffu8 << (8 - spare);
+    let mask_bytes: Vec<u8> = (0..8 * nb)
+        .map(|i| if i % nb == nb - 1 { high } else { 0 })
+        .collect();
+    let mask: Vec<u64> = words_from_le(&mask_bytes);
+    let blocks = bytes.chunks_exact(8 * nb);
+    let tail = blocks.remainder();
+    let mut acc = 0u64;
+    for block in blocks {
+        for (w, m) in block.chunks_exact(8).zip(&mask) {
+            acc |= le_word(w) & m;
+        }
+    }
+    acc != 0 || tail.chunks_exact(nb).any(|s| s[nb - 1] & high != 0)
 }
 
 /// Up to 8 little-endian bytes as a word, the missing high bytes zero.
@@ -724,6 +739,30 @@ mod tests {
         let mut r = StatesReader::new(bytes.as_slice(), "mem").unwrap();
         let err = r.next_chunk().unwrap_err();
         assert!(err.to_string().contains("beyond its 70 neurons"), "{err}");
+    }
+
+    #[test]
+    fn stray_bits_found_wherever_they_are() {
+        for nb in 1..=13usize {
+            for spare in 1..8usize {
+                for states in [1usize, 7, 8, 9, 17, 40] {
+                    let clean = vec![0xffu8 >> spare; nb * states];
+                    let mut clean = clean;
+                    // Full bytes everywhere but the last byte of each state.
+                    for (i, b) in clean.iter_mut().enumerate() {
+                        if i % nb != nb - 1 {
+                            *b = 0xff;
+                        }
+                    }
+                    assert!(!stray_bits(&clean, nb, spare), "{nb} {spare} {states}");
+                    for s in 0..states {
+                        let mut bad = clean.clone();
+                        bad[s * nb + nb - 1] |= 0x80;
+                        assert!(stray_bits(&bad, nb, spare), "{nb} {spare} {states} {s}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
