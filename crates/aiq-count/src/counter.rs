@@ -184,12 +184,11 @@ fn dense_from_bytes<T: std::ops::AddAssign + From<u8> + From<u32>>(
             // Neighbouring positions of a conv layer often share their state (background):
             // count runs of equal states and add each run once, rather than chaining
             // increments of one counter through memory.
-            let (states, _) = bytes.as_chunks::<3>();
             let index =
-                |c: &[u8; 3]| (c[0] as usize | (c[1] as usize) << 8 | (c[2] as usize) << 16) & mask;
-            let Some(first) = states.first() else { return };
+                |c: &[u8]| (c[0] as usize | (c[1] as usize) << 8 | (c[2] as usize) << 16) & mask;
+            let Some(first) = bytes.get(..3) else { return };
             let (mut prev, mut run) = (index(first), 0u32);
-            for c in states {
+            for c in bytes.chunks_exact(3) {
                 let i = index(c);
                 if i == prev {
                     run += 1;
