@@ -75,6 +75,31 @@ fn im2col(x: &[f32], imgs: usize, s: &ConvShape, col: &mut [f32]) {
     }
 }
 
+/// im2col of a single-channel input, stored transposed (`kdim × imgs·oh·ow`): each kernel
+/// tap's row is, per image and output row, one contiguous run of `ow` pixels. The first
+/// convolution (`c_in = 1`, runs of 5 floats in the usual layout) copies 24-float runs this
+/// way, and the GEMMs read the buffer transposed at no cost.
+fn im2col_t(x: &[f32], imgs: usize, s: &ConvShape, colt: &mut [f32]) {
+    let (oh, ow, k) = (s.oh(), s.ow(), s.k);
+    let rows = imgs * oh * ow;
+    for dy in 0..k {
+        for dx in 0..k {
+            let dst = &mut colt[(dy * k + dx) * rows..(dy * k + dx + 1) * rows];
+            for (img, out) in x[..imgs * s.in_size()]
+                .chunks_exact(s.in_size())
+                .zip(dst.chunks_exact_mut(oh * ow))
+            {
+                for (oy, o) in out.chunks_exact_mut(ow).enumerate() {
+                    let start = (oy + dy) * s.w + dx;
+                    for (d, v) in o.iter_mut().zip(&img[start..start + ow]) {
+                        *d = *v;
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Adds each im2col row of `dcol` back onto the input positions it was built from.
 fn col2im_add(dcol: &[f32], imgs: usize, s: &ConvShape, dx: &mut [f32]) {
     let (oh, ow, k, c) = (s.oh(), s.ow(), s.k, s.cin);
@@ -114,10 +139,15 @@ pub(crate) fn forward(
     let mut i = 0;
     while i < n {
         let imgs = s.chunk().min(n - i);
-        im2col(&x[i * s.in_size()..], imgs, s, col);
         let rows = imgs * pos;
+        let single = s.cin == 1;
+        if single {
+            im2col_t(&x[i * s.in_size()..], imgs, s, col);
+        } else {
+            im2col(&x[i * s.in_size()..], imgs, s, col);
+        }
         gemm(
-            false,
+            single,
             false,
             rows,
             s.cout,
@@ -160,11 +190,16 @@ pub(crate) fn backward(
         let imgs = s.chunk().min(n - i);
         let rows = imgs * pos;
         let dy_c = &dy[i * s.out_size()..];
+        let single = s.cin == 1;
         if !(col_ready && n <= s.chunk()) {
-            im2col(&x[i * s.in_size()..], imgs, s, col);
+            if single {
+                im2col_t(&x[i * s.in_size()..], imgs, s, col);
+            } else {
+                im2col(&x[i * s.in_size()..], imgs, s, col);
+            }
         }
         let beta = if i == 0 { 0.0 } else { 1.0 };
-        gemm(true, false, kdim, s.cout, rows, 1.0, col, dy_c, beta, dw);
+        gemm(!single, false, kdim, s.cout, rows, 1.0, col, dy_c, beta, dw);
         if let Some(dx) = dx.as_deref_mut() {
             gemm(false, true, rows, kdim, s.cout, 1.0, dy_c, w, 0.0, col);
             col2im_add(col, imgs, s, &mut dx[i * s.in_size()..]);
@@ -230,13 +265,47 @@ mod tests {
 
     #[test]
     fn gradients_match_finite_differences() {
-        let s = ConvShape {
+        // Several input channels (im2col) and one (the transposed im2col).
+        check_gradients(ConvShape {
             h: 6,
             w: 5,
             cin: 2,
             cout: 3,
             k: 3,
+        });
+        check_gradients(ConvShape {
+            h: 6,
+            w: 5,
+            cin: 1,
+            cout: 4,
+            k: 3,
+        });
+    }
+
+    #[test]
+    fn single_channel_forward_matches_direct_convolution() {
+        let s = ConvShape {
+            h: 7,
+            w: 6,
+            cin: 1,
+            cout: 3,
+            k: 3,
         };
+        let n = 3;
+        let mut g = rng(13);
+        let x = uniform(&mut g, n * s.in_size(), -1.0, 1.0);
+        let w = uniform(&mut g, s.kdim() * s.cout, -1.0, 1.0);
+        let b = uniform(&mut g, s.cout, -1.0, 1.0);
+        let want = naive(&x, &w, &b, n, &s);
+        let mut col = vec![0.0; s.col_len(n)];
+        let mut y = vec![0.0; n * s.out_size()];
+        forward(&x, &w, &b, n, &s, &mut col, &mut y);
+        for (a, b) in y.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-5);
+        }
+    }
+
+    fn check_gradients(s: ConvShape) {
         let n = 2;
         let mut g = rng(4);
         let mut x = uniform(&mut g, n * s.in_size(), -1.0, 1.0);
