@@ -14,7 +14,9 @@
 #   TS_DIR: a TensorState build (see the peer's build_tensorstate.sh) whose venv also has
 #           torch: TS_DIR/venv/bin/python, TS_DIR/build/TensorState.
 # Env: BIN (our release binaries, default target/release), DATA (default data/mnist),
-#      WORK (scratch, default /dev/shm/aiq-bench-states: tmpfs, so disk speed is out of it).
+#      WORK (scratch, default /dev/shm/aiq-bench-states: tmpfs, so disk speed is out of it),
+#      BASE_BIN (optional: another build's count-states and score-aiq, e.g. before a change,
+#      timed in the same rounds as base_count_score and base_score_states).
 set -euo pipefail
 TS_DIR=${1:?usage: bench-states.sh TS_DIR [ROUNDS] [EPOCHS] [THREADS]}
 ROUNDS=${2:-5}; EPOCHS=${3:-1}; THREADS=${4:-2}
@@ -23,13 +25,14 @@ mkdir -p "$WORK"
 MODEL="$WORK/lenet5_20_50_100.bin"
 [ -s "$MODEL" ] || "$BIN/train" --arch lenet5 --widths 20,50,100 --max-epochs "$EPOCHS" --seed 1 \
     --data "$DATA" --threads "$THREADS" -o "$MODEL"
-export BIN DATA WORK MODEL ROUNDS EPOCHS THREADS
+BASE_BIN=${BASE_BIN:-}
+export BIN DATA WORK MODEL ROUNDS EPOCHS THREADS BASE_BIN
 PYTHONPATH="$TS_DIR/build" "$TS_DIR/venv/bin/python" - <<'PY'
 import json, os, resource, statistics, struct, subprocess, sys, time
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 import TensorState as ts
 
-B, D, W, M = (os.environ[k] for k in ("BIN", "DATA", "WORK", "MODEL"))
+B, D, W, M, BB = (os.environ[k] for k in ("BIN", "DATA", "WORK", "MODEL", "BASE_BIN"))
 rounds, epochs, th = (int(os.environ[k]) for k in ("ROUNDS", "EPOCHS", "THREADS"))
 
 def idx(path):
@@ -89,6 +92,8 @@ def run(cmd, out=None, key=None):
 S, C = f"{W}/states.bin", f"{W}/counts.bin"
 common = f"--threads {th}"
 res = {k: [] for k in ("ts_capture", "ts_count_score", "dump_states", "count_score", "score_states", "pipe")}
+if BB:
+    res.update(base_count_score=[], base_score_states=[])
 cpu = {k: [] for k in res if k != "pipe"}
 mem = []
 for r in range(rounds):
@@ -96,6 +101,9 @@ for r in range(rounds):
     res["dump_states"].append(run(f"{B}/dump-states {common} --model {M} --data {D}", S, "dump_states"))
     res["count_score"].append(run(f"{B}/count-states {common} {S} > {C} && {B}/score-aiq {C}", key="count_score"))
     res["score_states"].append(run(f"{B}/score-aiq {common} {S}", key="score_states"))
+    if BB:
+        res["base_count_score"].append(run(f"{BB}/count-states {common} {S} > {C} && {BB}/score-aiq {C}", key="base_count_score"))
+        res["base_score_states"].append(run(f"{BB}/score-aiq {common} {S}", key="base_score_states"))
     res["pipe"].append(run(
         f"/usr/bin/time -f %M -o {W}/m1 {B}/dump-states {common} --model {M} --data {D} | "
         f"/usr/bin/time -f %M -o {W}/m2 {B}/count-states {common} | /usr/bin/time -f %M -o {W}/m3 {B}/score-aiq --json"))
