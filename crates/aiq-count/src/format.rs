@@ -67,7 +67,9 @@ pub fn write_counts(w: &mut impl Write, counts: &Counts, name: &str) -> Result<(
     let mut buf = Vec::with_capacity(1 << 16);
     for l in &counts.layers {
         for (state, &count) in l.states.chunks_exact(l.words()).zip(&l.counts) {
-            buf.extend(state.iter().chain([&count]).flat_map(|x| x.to_le_bytes()));
+            for x in state.iter().chain([&count]) {
+                buf.extend_from_slice(&x.to_le_bytes());
+            }
             if buf.len() >= 1 << 16 {
                 w.write_all(&buf).map_err(|e| IoError::io(name, e))?;
                 buf.clear();
