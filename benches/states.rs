@@ -123,6 +123,27 @@ fn counting(c: &mut Criterion) {
                 BatchSize::LargeInput,
             )
         });
+        // The same states as the states stream stores them (ceil(neurons / 8) bytes each),
+        // counted straight from the bytes as count-states does.
+        let nb = neurons.div_ceil(8);
+        let w = words_for(neurons);
+        let bytes: Vec<u8> = s
+            .chunks_exact(w)
+            .flat_map(|st| st.iter().flat_map(|x| x.to_le_bytes()).take(nb))
+            .collect();
+        g.bench_function(format!("{name}_from_bytes"), |b| {
+            b.iter_batched(
+                || LayerCounter::new(neurons as u32),
+                |mut counter| {
+                    // In 64-image chunks of the stream.
+                    for chunk in bytes.chunks(64 * (rows / 10_000).max(1) * nb) {
+                        counter.add_bytes(chunk);
+                    }
+                    counter.finish("layer", 1).counts.len()
+                },
+                BatchSize::LargeInput,
+            )
+        });
     }
     g.finish();
 }
