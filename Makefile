@@ -23,7 +23,7 @@ DEMO_DIR    ?= runs/demo
 CARGO_FEATURES := $(if $(FEATURES),--features $(FEATURES),)
 TOOLS := train dump-states count-states score-aiq aiq-report layer-algebra
 
-.PHONY: help data data-fashion build demo test test-deps test-rust test-slurm lint fmt bench clean
+.PHONY: help data data-fashion build demo test test-deps test-rust test-slurm lint fmt bench bench-peers clean
 
 help:
 	@echo "make demo          fetch MNIST, build, train LeNet-5 ($(DEMO_WIDTHS)) and print its aIQ table"
@@ -31,7 +31,7 @@ help:
 	@echo "make data          fetch the four MNIST files into $(DATA)/mnist and verify their MD5"
 	@echo "make data-fashion  Fashion-MNIST from Debian's dataset-fashion-mnist into $(DATA)/fashion"
 	@echo "make build         release binaries in $(BIN) (FEATURES=openblas for the system OpenBLAS)"
-	@echo "make bench         criterion benches"
+	@echo "make bench         criterion benches (bench-peers: side by side with PyTorch and TensorState)"
 	@echo "make lint          rustfmt check and clippy with warnings as errors"
 	@echo "make sweep GRID=grids/NAME [-j N]  a grid of runs and its report; sweep-slurm submits it to Slurm (docs/sweeps.md)"
 
@@ -83,6 +83,13 @@ fmt:
 
 bench:
 	$(CARGO) bench --locked $(CARGO_FEATURES)
+
+# Side by side with the peers (see scripts' headers): PyTorch for training, TensorState for
+# the state pipeline. Each needs a Python environment with torch (and TensorState for the
+# second), which these scripts do not install: TORCH_PYTHON=venv/bin/python.
+bench-peers: build
+	OURS=$(BIN)/train scripts/bench-train-vs-torch.sh
+	BIN=$(BIN) scripts/bench-states.sh $(TS_DIR)
 
 clean:
 	$(CARGO) clean

@@ -6,8 +6,6 @@
 //! 8-dimensional input shows tens of thousands of distinct states, not a million).
 //! Run: `cargo bench --bench states`.
 
-#![allow(clippy::unwrap_used)]
-
 use aiq_count::LayerCounter;
 use aiq_states::{pack_rows, words_for};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};

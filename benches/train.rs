@@ -4,8 +4,6 @@
 //! depend on the pixel values. Threads: rayon's default (all cores); set
 //! `RAYON_NUM_THREADS=1` or `2` to pin. Run: `cargo bench --bench train`.
 
-#![allow(clippy::unwrap_used)]
-
 use aiq_train::{Arch, Modifier, Stepper, TrainConfig};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use ndarray::Array2;

@@ -2,8 +2,6 @@
 //! (`aiq_count::count_npy` + `aiq_metrics`) and the binaries (`count-states --npy` piped into
 //! `score-aiq --json`) give the same distinct states, counts, entropies and efficiency.
 
-#![allow(clippy::unwrap_used)]
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 

@@ -3,8 +3,6 @@
 //! states; damaged, cut or foreign streams give one clear error and a non-zero exit, and a
 //! pipe closed early ends quietly.
 
-#![allow(clippy::unwrap_used)]
-
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};

@@ -2,8 +2,6 @@
 //! images): describe counts, a short training to a file and to a pipe, determinism across
 //! thread counts, and bad input (clear error, non-zero exit, nothing under the output name).
 
-#![allow(clippy::unwrap_used)]
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 

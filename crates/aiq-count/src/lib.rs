@@ -16,7 +16,6 @@
 //! ```
 
 // Tests may unwrap: a panic there is a test failure with its message.
-#![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod counter;
 mod format;
