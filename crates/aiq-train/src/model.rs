@@ -13,14 +13,13 @@
 //! two vectors are then decoded under bounds of exactly their expected sizes.
 
 use std::io::{Read, Write};
-use std::sync::Mutex;
 
 use aiq_data::DatasetKind;
 use aiq_io::{Provenance, StreamKind};
 use ndarray::{Array2, ArrayView2};
 use serde::{Deserialize, Serialize};
 
-use crate::net::{Net, Workspace, CLASSES, INPUT};
+use crate::net::{Net, WorkspacePool, CLASSES, INPUT};
 use crate::{layers::loss::argmax, Arch, LayerInfo, Modifier, TrainError};
 
 /// Version of the model stream this build reads and writes.
@@ -61,7 +60,7 @@ pub struct Model {
     state: Vec<f32>,
     /// Inference workspaces kept between [`Model::forward_hidden`] calls, so callers that
     /// run many chunks (from several threads) do not allocate and zero buffers each time.
-    spare: Mutex<Vec<Workspace>>,
+    spare: WorkspacePool,
 }
 
 impl Clone for Model {
@@ -87,7 +86,7 @@ impl Model {
             net,
             params,
             state,
-            spare: Mutex::new(Vec::new()),
+            spare: WorkspacePool::default(),
         }
     }
 
@@ -183,13 +182,7 @@ impl Model {
             "forward_hidden: images must be rows of 28×28 pixels"
         );
         let images = images.as_standard_layout();
-        // A kept workspace big enough for this call, or a new one.
-        let kept = {
-            let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
-            let at = spare.iter().position(|w| w.cap() >= n);
-            at.map(|i| spare.swap_remove(i))
-        };
-        let mut ws = kept.unwrap_or_else(|| Workspace::new(&self.net, n.max(1), false));
+        let mut ws = self.spare.take(&self.net, n);
         let logits = crate::train::infer(
             &self.net,
             &self.params,
@@ -199,11 +192,7 @@ impl Model {
             tap,
         );
         let logits = Array2::from_shape_vec((n, CLASSES), logits.to_vec()).expect("logits shape");
-        let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
-        // Keep a few (one per worker thread, typically); drop the rest.
-        if spare.len() < 16 {
-            spare.push(ws);
-        }
+        self.spare.give(ws);
         logits
     }
 
@@ -220,12 +209,14 @@ impl Model {
     /// Fraction of `images` labelled right, in parallel on the current rayon pool.
     pub fn accuracy(&self, images: ArrayView2<'_, f32>, labels: &[u8]) -> f64 {
         let images = images.as_standard_layout();
-        crate::train::accuracy(
+        crate::train::evaluate(
             &self.net,
             &self.params,
             &self.state,
             images.as_slice().expect("standard layout"),
             labels,
+            &self.spare,
+            None,
         )
     }
 }

@@ -316,6 +316,35 @@ pub(crate) struct DropoutKey {
     pub shard: u64,
 }
 
+/// Inference workspaces kept between calls, so evaluating many chunks (from several
+/// threads, every epoch or every `forward_hidden` call) does not allocate and zero the
+/// buffers each time.
+#[derive(Debug, Default)]
+pub(crate) struct WorkspacePool(std::sync::Mutex<Vec<Workspace>>);
+
+impl WorkspacePool {
+    /// A kept inference workspace holding at least `n` images, or a new one.
+    pub fn take(&self, net: &Net, n: usize) -> Workspace {
+        let mut spare = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match spare.iter().position(|w| w.cap() >= n) {
+            Some(i) => spare.swap_remove(i),
+            None => {
+                drop(spare);
+                Workspace::new(net, n.max(1), false)
+            }
+        }
+    }
+
+    /// Keeps `ws` for a later [`WorkspacePool::take`]: a few (one per worker thread,
+    /// typically); the rest are dropped.
+    pub fn give(&self, ws: Workspace) {
+        let mut spare = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if spare.len() < 16 {
+            spare.push(ws);
+        }
+    }
+}
+
 /// Buffers for running up to `cap` images through a net.
 #[derive(Debug)]
 pub(crate) struct Workspace {

@@ -12,7 +12,9 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::model::{Model, ModelMeta};
-use crate::net::{BnBatch, Ctx, DropoutKey, Net, Op, Step, Workspace, CLASSES, INPUT};
+use crate::net::{
+    BnBatch, Ctx, DropoutKey, Net, Op, Step, Workspace, WorkspacePool, CLASSES, INPUT,
+};
 use crate::stats::{epoch_stats, ActStats};
 use crate::{layers::batchnorm, Arch, Modifier, TrainError};
 
@@ -293,6 +295,8 @@ pub struct Stepper {
     seed: u64,
     batch: usize,
     steps: u64,
+    /// Workspaces of the per-epoch evaluation, kept from one epoch to the next.
+    eval: WorkspacePool,
 }
 
 impl Stepper {
@@ -324,6 +328,7 @@ impl Stepper {
             seed: cfg.seed,
             batch: cfg.batch,
             steps: 0,
+            eval: WorkspacePool::default(),
         }
     }
 
@@ -388,6 +393,7 @@ impl Stepper {
             &self.state,
             images,
             labels,
+            &self.eval,
             acts.as_mut(),
         );
         let stats = acts.map(|a| epoch_stats(&self.net, &self.params, &self.shards[0].grad, &a));
@@ -428,25 +434,16 @@ type Best = (f64, usize, Vec<f32>, Vec<f32>, f64);
 type UpdateChunk<'a> = (usize, ((&'a mut [f32], &'a mut [f32]), &'a mut [f32]));
 
 /// Fraction of `images` (rows of 784) the network labels right, in inference mode, in
-/// parallel over fixed chunks.
-pub(crate) fn accuracy(
-    net: &Net,
-    params: &[f32],
-    state: &[f32],
-    images: &[f32],
-    labels: &[u8],
-) -> f64 {
-    evaluate(net, params, state, images, labels, None)
-}
-
-/// [`accuracy`], also gathering activation statistics into `stats` when given; the chunks'
-/// statistics merge in chunk order, so they do not depend on the thread count.
+/// parallel over fixed chunks, with workspaces from `pool`; also gathers activation
+/// statistics into `stats` when given. The chunks' statistics merge in chunk order, so they
+/// do not depend on the thread count.
 pub(crate) fn evaluate(
     net: &Net,
     params: &[f32],
     state: &[f32],
     images: &[f32],
     labels: &[u8],
+    pool: &WorkspacePool,
     stats: Option<&mut ActStats>,
 ) -> f64 {
     let want = stats.is_some();
@@ -455,7 +452,7 @@ pub(crate) fn evaluate(
         .enumerate()
         .map(|(c, labels)| {
             let imgs = &images[c * EVAL_CHUNK * INPUT..(c * EVAL_CHUNK + labels.len()) * INPUT];
-            let mut ws = Workspace::new(net, labels.len(), false);
+            let mut ws = pool.take(net, labels.len());
             let mut part = want.then(|| ActStats::new(net));
             let logits = infer(net, params, state, &mut ws, imgs, &mut |hidden, m| {
                 if let (Some(p), Some(xs)) = (part.as_mut(), m.as_slice()) {
@@ -470,6 +467,7 @@ pub(crate) fn evaluate(
                 .zip(labels)
                 .filter(|(z, &l)| crate::layers::loss::argmax(z) == usize::from(l))
                 .count();
+            pool.give(ws);
             (correct, part)
         })
         .collect();

@@ -240,17 +240,10 @@ mod tests {
         y
     }
 
-    #[test]
-    fn forward_matches_direct_convolution_across_chunks() {
-        let s = ConvShape {
-            h: 7,
-            w: 6,
-            cin: 2,
-            cout: 3,
-            k: 3,
-        };
+    /// Forward against a direct convolution, for a shape and a seed.
+    fn check_forward(s: ConvShape, seed: u64) {
         let n = 3;
-        let mut g = rng(3);
+        let mut g = rng(seed);
         let x = uniform(&mut g, n * s.in_size(), -1.0, 1.0);
         let w = uniform(&mut g, s.kdim() * s.cout, -1.0, 1.0);
         let b = uniform(&mut g, s.cout, -1.0, 1.0);
@@ -261,6 +254,20 @@ mod tests {
         for (a, b) in y.iter().zip(&want) {
             assert!((a - b).abs() < 1e-5);
         }
+    }
+
+    #[test]
+    fn forward_matches_direct_convolution_across_chunks() {
+        check_forward(
+            ConvShape {
+                h: 7,
+                w: 6,
+                cin: 2,
+                cout: 3,
+                k: 3,
+            },
+            3,
+        );
     }
 
     #[test]
@@ -284,25 +291,16 @@ mod tests {
 
     #[test]
     fn single_channel_forward_matches_direct_convolution() {
-        let s = ConvShape {
-            h: 7,
-            w: 6,
-            cin: 1,
-            cout: 3,
-            k: 3,
-        };
-        let n = 3;
-        let mut g = rng(13);
-        let x = uniform(&mut g, n * s.in_size(), -1.0, 1.0);
-        let w = uniform(&mut g, s.kdim() * s.cout, -1.0, 1.0);
-        let b = uniform(&mut g, s.cout, -1.0, 1.0);
-        let want = naive(&x, &w, &b, n, &s);
-        let mut col = vec![0.0; s.col_len(n)];
-        let mut y = vec![0.0; n * s.out_size()];
-        forward(&x, &w, &b, n, &s, &mut col, &mut y);
-        for (a, b) in y.iter().zip(&want) {
-            assert!((a - b).abs() < 1e-5);
-        }
+        check_forward(
+            ConvShape {
+                h: 7,
+                w: 6,
+                cin: 1,
+                cout: 3,
+                k: 3,
+            },
+            13,
+        );
     }
 
     fn check_gradients(s: ConvShape) {
