@@ -6,6 +6,7 @@
 //! position. Images are processed in chunks so the im2col buffer stays under [`COL_CAP`]
 //! floats whatever the widths, and the backward pass rebuilds it rather than keeping it.
 
+use super::direct;
 use crate::gemm::gemm;
 
 /// Most floats an im2col buffer holds (8 MiB): big enough for efficient GEMMs, small enough
@@ -125,7 +126,27 @@ fn col2im_add(dcol: &[f32], imgs: usize, s: &ConvShape, dx: &mut [f32]) {
 }
 
 /// `y = conv(x, w) + b` for `n` images; `col` is scratch of at least `s.col_len(n)`.
+/// A single-channel input goes to the direct kernels where they apply.
 pub(crate) fn forward(
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    n: usize,
+    s: &ConvShape,
+    col: &mut [f32],
+    y: &mut [f32],
+) {
+    if direct::applies(s) {
+        direct::forward(x, w, b, n, s, y);
+    } else if direct::applies_multi(s) {
+        direct::forward_multi(x, w, b, n, s, col, y);
+    } else {
+        forward_im2col(x, w, b, n, s, col, y);
+    }
+}
+
+/// [`forward`] through im2col and GEMM, whatever the shape.
+pub(crate) fn forward_im2col(
     x: &[f32],
     w: &[f32],
     b: &[f32],
@@ -166,8 +187,33 @@ pub(crate) fn forward(
 /// `col_ready`: `col` still holds the forward pass's im2col of `x`, which is the case when
 /// [`forward`] ran on the same images with the same buffer and they fit one chunk; the
 /// backward pass then skips rebuilding it.
+/// With no input gradient asked for and a shape the direct kernels take, they compute the
+/// kernel and bias gradients.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn backward(
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    n: usize,
+    s: &ConvShape,
+    col: &mut [f32],
+    col_ready: bool,
+    dw: &mut [f32],
+    db: &mut [f32],
+    dx: Option<&mut [f32]>,
+) {
+    if dx.is_none() && direct::applies(s) {
+        direct::backward_weights(x, dy, n, s, dw, db);
+    } else {
+        // A direct forward pass leaves weights, not the im2col, in `col`.
+        let col_ready = col_ready && !direct::applies(s) && !direct::applies_multi(s);
+        backward_im2col(x, w, dy, n, s, col, col_ready, dw, db, dx);
+    }
+}
+
+/// [`backward`] through im2col and GEMM, whatever the shape.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward_im2col(
     x: &[f32],
     w: &[f32],
     dy: &[f32],

@@ -8,6 +8,7 @@
 pub(crate) mod batchnorm;
 pub(crate) mod conv;
 pub(crate) mod dense;
+pub(crate) mod direct;
 pub(crate) mod dropout;
 pub(crate) mod elu;
 pub(crate) mod loss;

@@ -1,0 +1,449 @@
+//! Direct convolution of a single-channel input (LeNet-5's first layer), vectorized over
+//! output columns.
+//!
+//! im2col turns a 28×28 image into a 576×25 matrix (18× the image) that matrixmultiply then
+//! packs again, to feed a GEMM only `c_out` columns wide: at 3–20 channels the copies cost
+//! more than the arithmetic. Here each output row is computed in registers instead: for a
+//! group of [`G`] output channels, `V` vectors of [`L`] output columns accumulate
+//! `x[oy+dy][ox+dx .. +L] · w[dy][dx][c]` over the taps, reading the image where it lies.
+//! The kernels are compiled twice, for the baseline target and for AVX2 + FMA, and the
+//! clone is chosen at run time (`multiversion`); both are plain safe Rust that LLVM
+//! vectorizes. Sums run in a fixed order per image, so results do not depend on threads.
+
+use multiversion::multiversion;
+
+use super::conv::ConvShape;
+
+/// Output channels per group: their accumulators and the image vectors fit the 16 vector
+/// registers for up to three vectors per row.
+const G: usize = 3;
+/// Lanes of one vector (AVX's eight `f32`).
+const L: usize = 8;
+/// Most kernel taps (`k²`) the stack buffers hold.
+const MAX_TAPS: usize = 64;
+
+/// Whether the direct kernels handle `s`: one input channel, output rows of 8, 16 or 24
+/// columns, at most [`MAX_TAPS`] taps. Anything else goes through im2col.
+pub(crate) fn applies(s: &ConvShape) -> bool {
+    s.cin == 1
+        && s.ow().is_multiple_of(L)
+        && (1..=3).contains(&(s.ow() / L))
+        && s.k * s.k <= MAX_TAPS
+}
+
+/// `y = conv(x, w) + b` for `n` images (see [`applies`]).
+pub(crate) fn forward(x: &[f32], w: &[f32], b: &[f32], n: usize, s: &ConvShape, y: &mut [f32]) {
+    match s.ow() / L {
+        1 => forward_rows::<1>(x, w, b, n, s, y),
+        2 => forward_rows::<2>(x, w, b, n, s, y),
+        _ => forward_rows::<3>(x, w, b, n, s, y),
+    }
+}
+
+/// Kernel weights of channels `c0..c0 + G` per tap, zero beyond `c_out`.
+fn group_weights(w: &[f32], s: &ConvShape, c0: usize) -> [[f32; G]; MAX_TAPS] {
+    let mut wg = [[0.0; G]; MAX_TAPS];
+    for (t, row) in wg.iter_mut().enumerate().take(s.k * s.k) {
+        for (g, v) in row.iter_mut().enumerate().take(s.cout - c0) {
+            *v = w[t * s.cout + c0 + g];
+        }
+    }
+    wg
+}
+
+#[multiversion(targets("x86_64+avx2+fma"))]
+fn forward_rows<const V: usize>(
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    n: usize,
+    s: &ConvShape,
+    y: &mut [f32],
+) {
+    let fma = multiversion::target::target_cfg_f!(target_feature = "fma");
+    let (k, iw, ow, cout) = (s.k, s.w, s.ow(), s.cout);
+    for c0 in (0..cout).step_by(G) {
+        let cn = G.min(cout - c0);
+        let wg = group_weights(w, s, c0);
+        let mut bias = [0.0; G];
+        bias[..cn].copy_from_slice(&b[c0..c0 + cn]);
+        let images = x
+            .chunks_exact(s.in_size())
+            .zip(y.chunks_exact_mut(s.out_size()));
+        for (img, yi) in images.take(n) {
+            for (oy, yrow) in yi.chunks_exact_mut(ow * cout).enumerate() {
+                let mut acc = bias.map(|bg| [[bg; L]; V]);
+                for dy in 0..k {
+                    let row = &img[(oy + dy) * iw..(oy + dy) * iw + k - 1 + V * L];
+                    for dx in 0..k {
+                        let mut xs = [[0.0f32; L]; V];
+                        for (v, xv) in xs.iter_mut().enumerate() {
+                            xv.copy_from_slice(&row[dx + v * L..dx + v * L + L]);
+                        }
+                        acc = madd_tile(acc, &xs, &wg[dy * k + dx], fma);
+                    }
+                }
+                // Read back from a copy: the loops below index it with run-time values,
+                // which would otherwise keep `acc` in memory during the taps.
+                let acc = std::hint::black_box(acc);
+                // Constant indices into `acc` (loops LLVM unrolls), so it stays in registers.
+                for (v, av) in yrow.chunks_exact_mut(L * cout).enumerate().take(V) {
+                    for (l, out) in av.chunks_exact_mut(cout).enumerate() {
+                        for (g, a) in acc.iter().enumerate().take(cn) {
+                            out[c0 + g] = a[v][l];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `acc[g][v] += xs[v] · w[g]`, lane-wise: one tap of [`forward_rows`], by value so that
+/// the accumulators stay in registers.
+#[inline(always)]
+fn madd_tile<const V: usize>(
+    mut acc: [[[f32; L]; V]; G],
+    xs: &[[f32; L]; V],
+    w: &[f32; G],
+    fma: bool,
+) -> [[[f32; L]; V]; G] {
+    for (ag, &wg) in acc.iter_mut().zip(w) {
+        for (av, xv) in ag.iter_mut().zip(xs) {
+            for (a, &x) in av.iter_mut().zip(xv) {
+                *a = if fma { x.mul_add(wg, *a) } else { x * wg + *a };
+            }
+        }
+    }
+    acc
+}
+
+/// Kernel and bias gradients of `n` images (overwritten), `dy` the output gradient (see
+/// [`applies`]). No input gradient: a single-channel input is the image itself.
+pub(crate) fn backward_weights(
+    x: &[f32],
+    dy: &[f32],
+    n: usize,
+    s: &ConvShape,
+    dw: &mut [f32],
+    db: &mut [f32],
+) {
+    match s.ow() / L {
+        1 => backward_rows::<1>(x, dy, n, s, dw, db),
+        2 => backward_rows::<2>(x, dy, n, s, dw, db),
+        _ => backward_rows::<3>(x, dy, n, s, dw, db),
+    }
+}
+
+#[multiversion(targets("x86_64+avx2+fma"))]
+fn backward_rows<const V: usize>(
+    x: &[f32],
+    dy: &[f32],
+    n: usize,
+    s: &ConvShape,
+    dw: &mut [f32],
+    db: &mut [f32],
+) {
+    let fma = multiversion::target::target_cfg_f!(target_feature = "fma");
+    let (k, iw, ow, cout) = (s.k, s.w, s.ow(), s.cout);
+    let taps = k * k;
+    for c0 in (0..cout).step_by(G) {
+        let cn = G.min(cout - c0);
+        // Lane-wise partial sums per tap and channel, reduced across lanes at the end.
+        let mut part = [[[0.0f32; L]; G]; MAX_TAPS];
+        let mut bias = [[0.0f32; L]; G];
+        let images = x
+            .chunks_exact(s.in_size())
+            .zip(dy.chunks_exact(s.out_size()));
+        for (img, dyi) in images.take(n) {
+            for (oy, drow) in dyi.chunks_exact(ow * cout).enumerate() {
+                // This row's gradient, channels of the group planar (zero beyond c_out).
+                let mut d = [[[0.0f32; L]; V]; G];
+                for (v, dv) in drow.chunks_exact(L * cout).enumerate().take(V) {
+                    for (l, dpos) in dv.chunks_exact(cout).enumerate() {
+                        for (g, dg) in d.iter_mut().enumerate().take(cn) {
+                            dg[v][l] = dpos[c0 + g];
+                        }
+                    }
+                }
+                for (bg, dg) in bias.iter_mut().zip(&d) {
+                    for dv in dg {
+                        for (bl, &dl) in bg.iter_mut().zip(dv) {
+                            *bl += dl;
+                        }
+                    }
+                }
+                for ky in 0..k {
+                    let row = &img[(oy + ky) * iw..(oy + ky + 1) * iw];
+                    for kx in 0..k {
+                        let pt = &mut part[ky * k + kx];
+                        for v in 0..V {
+                            let xv = &row[kx + v * L..kx + v * L + L];
+                            for (pg, dg) in pt.iter_mut().zip(&d) {
+                                for ((pl, &xl), &dl) in pg.iter_mut().zip(xv).zip(&dg[v]) {
+                                    *pl = if fma {
+                                        xl.mul_add(dl, *pl)
+                                    } else {
+                                        xl * dl + *pl
+                                    };
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for (t, pt) in part.iter().enumerate().take(taps) {
+            for (g, pg) in pt.iter().enumerate().take(cn) {
+                dw[t * cout + c0 + g] = lane_sum(pg);
+            }
+        }
+        for (g, bg) in bias.iter().enumerate().take(cn) {
+            db[c0 + g] = lane_sum(bg);
+        }
+    }
+}
+
+/// Sum of the lanes, pairwise (a fixed order).
+fn lane_sum(v: &[f32; L]) -> f32 {
+    let q = [v[0] + v[4], v[1] + v[5], v[2] + v[6], v[3] + v[7]];
+    (q[0] + q[2]) + (q[1] + q[3])
+}
+
+/// Whether [`forward_multi`] handles `s`: several input channels, at most [`MAX_VECS`]
+/// vectors of output channels, and room in the layer's im2col scratch (at least one image's
+/// worth, `oh·ow·kdim` floats) for the padded weights and bias, `(kdim + 1)` rows of
+/// `c_out` rounded up to [`L`].
+pub(crate) fn applies_multi(s: &ConvShape) -> bool {
+    let np = s.cout.div_ceil(L) * L;
+    s.cin > 1 && np <= MAX_VECS * L && (s.kdim() + 1) * np <= s.oh() * s.ow() * s.kdim()
+}
+
+/// Most output-channel vectors [`forward_multi`] takes (64 channels); wider layers have
+/// enough columns for the im2col GEMM to pay.
+const MAX_VECS: usize = 8;
+
+/// `y = conv(x, w) + b` for `n` images of several channels (see [`applies_multi`]): an
+/// implicit GEMM. A tile of `P` output positions × `NV` vectors of output channels
+/// accumulates in registers over the `k·k·c_in` kernel rows, each position's inputs read
+/// where they lie in the image (for each kernel row `dy`, one contiguous run of `k·c_in`
+/// floats) instead of being copied by im2col and packed again by the GEMM. `scratch` (the
+/// layer's im2col buffer) holds the weights padded to whole vectors, bias last.
+pub(crate) fn forward_multi(
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    n: usize,
+    s: &ConvShape,
+    scratch: &mut [f32],
+    y: &mut [f32],
+) {
+    let (kdim, cout) = (s.kdim(), s.cout);
+    let np = cout.div_ceil(L) * L;
+    let wp = &mut scratch[..(kdim + 1) * np];
+    for (dst, src) in wp.chunks_exact_mut(np).zip(w.chunks_exact(cout).chain([b])) {
+        dst[..cout].copy_from_slice(src);
+        dst[cout..].fill(0.0);
+    }
+    let wp = &*wp;
+    let pos = s.oh() * s.ow();
+    let images = x
+        .chunks_exact(s.in_size())
+        .zip(y.chunks_exact_mut(s.out_size()));
+    for (img, yi) in images.take(n) {
+        let mut v0 = 0;
+        // Three vectors at a time, then what is left with more positions per tile, so the
+        // accumulators and the positions' pointers still fit the registers.
+        while np - v0 * L >= 3 * L {
+            tiles::<4, 3>(img, s, wp, np, v0, pos, yi);
+            v0 += 3;
+        }
+        match np / L - v0 {
+            2 => tiles::<6, 2>(img, s, wp, np, v0, pos, yi),
+            1 => tiles::<8, 1>(img, s, wp, np, v0, pos, yi),
+            _ => {}
+        }
+    }
+}
+
+/// All position tiles of one image for channel vectors `v0..v0 + NV`; the positions left
+/// over by `P` go one at a time.
+fn tiles<const P: usize, const NV: usize>(
+    img: &[f32],
+    s: &ConvShape,
+    wp: &[f32],
+    np: usize,
+    v0: usize,
+    pos: usize,
+    y: &mut [f32],
+) {
+    let whole = pos / P * P;
+    for p0 in (0..whole).step_by(P) {
+        tile::<P, NV>(img, s, wp, np, v0, p0, y);
+    }
+    for p0 in whole..pos {
+        tile::<1, NV>(img, s, wp, np, v0, p0, y);
+    }
+}
+
+#[multiversion(targets("x86_64+avx2+fma"))]
+fn tile<const P: usize, const NV: usize>(
+    img: &[f32],
+    s: &ConvShape,
+    wp: &[f32],
+    np: usize,
+    v0: usize,
+    p0: usize,
+    y: &mut [f32],
+) {
+    let fma = multiversion::target::target_cfg_f!(target_feature = "fma");
+    let (k, cin, ow, cout) = (s.k, s.cin, s.ow(), s.cout);
+    let run = k * cin;
+    let c0 = v0 * L;
+    let mut bias = [[0.0f32; L]; NV];
+    for (v, bv) in bias.iter_mut().enumerate() {
+        let at = s.kdim() * np + c0 + v * L;
+        bv.copy_from_slice(&wp[at..at + L]);
+    }
+    let mut acc = [bias; P];
+    for dy in 0..k {
+        // Each position's run of inputs for kernel row `dy`.
+        let runs: [&[f32]; P] = std::array::from_fn(|i| {
+            let (oy, ox) = ((p0 + i) / ow, (p0 + i) % ow);
+            let at = ((oy + dy) * s.w + ox) * cin;
+            &img[at..at + run]
+        });
+        let wrows = wp[dy * run * np..(dy + 1) * run * np].chunks_exact(np);
+        for (j, wrow) in wrows.enumerate() {
+            let mut wv = [[0.0f32; L]; NV];
+            for (v, wvv) in wv.iter_mut().enumerate() {
+                wvv.copy_from_slice(&wrow[c0 + v * L..c0 + v * L + L]);
+            }
+            for (ai, r) in acc.iter_mut().zip(&runs) {
+                let a = r[j];
+                for (av, wvv) in ai.iter_mut().zip(&wv) {
+                    for (al, &wl) in av.iter_mut().zip(wvv) {
+                        *al = if fma {
+                            a.mul_add(wl, *al)
+                        } else {
+                            a * wl + *al
+                        };
+                    }
+                }
+            }
+        }
+    }
+    let acc = std::hint::black_box(acc);
+    for (i, ai) in acc.iter().enumerate() {
+        let out = &mut y[(p0 + i) * cout..(p0 + i + 1) * cout];
+        for (v, av) in ai.iter().enumerate() {
+            let c = c0 + v * L;
+            if c < cout {
+                let m = L.min(cout - c);
+                out[c..c + m].copy_from_slice(&av[..m]);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layers::check::*;
+    use crate::layers::conv;
+
+    fn shapes() -> [ConvShape; 3] {
+        let s = |h, w, cout, k| ConvShape {
+            h,
+            w,
+            cin: 1,
+            cout,
+            k,
+        };
+        // LeNet-5's first layer at 3 channels; 5 channels (a partial group) on 8- and
+        // 16-column rows with 3×3 and 5×5 kernels.
+        [s(28, 28, 3, 5), s(10, 12, 5, 5), s(7, 18, 6, 3)]
+    }
+
+    #[test]
+    fn multi_channel_forward_matches_im2col() {
+        let s = |h, w, cin, cout, k| ConvShape { h, w, cin, cout, k };
+        // LeNet-5's second layer at (3,9,4) and (20,50,100) sizes; 3 vectors of channels
+        // plus 1 and plus 2 over 7×7 outputs (positions left over by every tile size); one
+        // vector, one channel.
+        for (i, sh) in [
+            s(12, 12, 3, 9, 5),
+            s(12, 12, 20, 50, 5),
+            s(9, 9, 2, 30, 3),
+            s(9, 9, 2, 40, 3),
+            s(9, 9, 4, 1, 5),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            assert!(applies_multi(&sh), "{sh:?}");
+            let n = 2;
+            let mut g = rng(40 + i as u64);
+            let x = uniform(&mut g, n * sh.in_size(), -1.0, 1.0);
+            let w = uniform(&mut g, sh.kdim() * sh.cout, -1.0, 1.0);
+            let b = uniform(&mut g, sh.cout, -1.0, 1.0);
+            let mut col = vec![0.0; sh.col_len(n)];
+            let mut want = vec![0.0; n * sh.out_size()];
+            conv::forward_im2col(&x, &w, &b, n, &sh, &mut col, &mut want);
+            let mut y = vec![f32::NAN; n * sh.out_size()];
+            forward_multi(&x, &w, &b, n, &sh, &mut col, &mut y);
+            for (a, e) in y.iter().zip(&want) {
+                assert!((a - e).abs() < 1e-4, "{sh:?}: {a} vs {e}");
+            }
+        }
+        // No room for the padded weights in one image's scratch, or too many channels.
+        assert!(!applies_multi(&s(5, 5, 2, 30, 5)));
+        assert!(!applies_multi(&s(12, 12, 20, 72, 5)));
+    }
+
+    #[test]
+    fn applies_only_to_single_channel_rows_of_whole_vectors() {
+        assert!(shapes().iter().all(applies));
+        let lenet = ConvShape {
+            h: 28,
+            w: 28,
+            cin: 1,
+            cout: 20,
+            k: 5,
+        };
+        assert!(applies(&lenet));
+        assert!(!applies(&ConvShape { cin: 2, ..lenet }));
+        assert!(!applies(&ConvShape { w: 27, ..lenet }));
+        assert!(!applies(&ConvShape { w: 36, ..lenet }));
+    }
+
+    /// The direct kernels against the im2col path (itself checked against the definition
+    /// and by finite differences in `conv`).
+    #[test]
+    fn forward_and_weight_gradients_match_im2col() {
+        for (i, s) in shapes().into_iter().enumerate() {
+            let n = 3;
+            let mut g = rng(20 + i as u64);
+            let x = uniform(&mut g, n * s.in_size(), -1.0, 1.0);
+            let w = uniform(&mut g, s.kdim() * s.cout, -1.0, 1.0);
+            let b = uniform(&mut g, s.cout, -1.0, 1.0);
+            let r = uniform(&mut g, n * s.out_size(), -1.0, 1.0);
+            let mut col = vec![0.0; s.col_len(n)];
+            let mut want = vec![0.0; n * s.out_size()];
+            conv::forward_im2col(&x, &w, &b, n, &s, &mut col, &mut want);
+            let mut y = vec![f32::NAN; n * s.out_size()];
+            forward(&x, &w, &b, n, &s, &mut y);
+            for (a, e) in y.iter().zip(&want) {
+                assert!((a - e).abs() < 1e-4, "{s:?}: {a} vs {e}");
+            }
+
+            let (mut dw0, mut db0) = (vec![0.0; w.len()], vec![0.0; s.cout]);
+            conv::backward_im2col(&x, &w, &r, n, &s, &mut col, false, &mut dw0, &mut db0, None);
+            let (mut dw, mut db) = (vec![f32::NAN; w.len()], vec![f32::NAN; s.cout]);
+            backward_weights(&x, &r, n, &s, &mut dw, &mut db);
+            for (a, e) in dw.iter().zip(&dw0).chain(db.iter().zip(&db0)) {
+                assert!((a - e).abs() < 1e-3, "{s:?}: {a} vs {e}");
+            }
+        }
+    }
+}
