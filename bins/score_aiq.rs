@@ -6,7 +6,6 @@
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
-use aiq_count::read_any;
 use aiq_io::{run_main, Input, Output, Provenance};
 use aiq_metrics::Scorecard;
 use clap::Parser;
@@ -59,10 +58,8 @@ fn main() {
             );
         }
         let (name, reader) = Input::open(args.input.as_deref())?.into_parts();
-        let counts = read_any(reader, &name)?;
         let tool = Provenance::current("score-aiq", env!("CARGO_PKG_VERSION"));
-        let card = Scorecard::new(&counts, args.beta, args.accuracy, tool)
-            .map_err(|e| format!("{name}: {e}"))?;
+        let card = Scorecard::read(reader, &name, args.beta, args.accuracy, tool)?;
         let mut out = Output::create(args.output.as_deref(), false)?;
         if args.json {
             serde_json::to_writer(&mut out, &card)?;

@@ -1,16 +1,23 @@
 //! The counts stream (`AIQCOUNT`), written by `count-states` and read by `count-states`
 //! (to merge) and `score-aiq`.
 //!
-//! Layout (bincode with fixed-width little-endian integers, see `aiq_io`):
+//! Layout (version 2; the header is bincode with fixed-width little-endian integers, see
+//! `aiq_io`):
 //!
 //! ```text
 //! "AIQCOUNT" u32 version
 //! CountsHeader                 the measurement (model, data set, split, inputs, correct,
 //!                              provenance chain) and per layer name, neurons, states per
-//!                              input, observations, distinct
-//! per layer, distinct × { state: words × u64, count: u64 }   little-endian, no length prefix,
-//!                              states strictly ascending by value (deterministic bytes)
+//!                              input, observations, distinct, count_bytes
+//! per layer, distinct × { state: ceil(neurons / 8) bytes, count: count_bytes bytes }
+//!                              both little-endian (neuron i at bit i % 8 of byte i / 8, as
+//!                              in the states stream), no length prefix, states strictly
+//!                              ascending by value (deterministic bytes)
 //! ```
+//!
+//! `count_bytes` is the fewest bytes (1 to 8) that hold the layer's largest count. Version 1
+//! stored every state as whole `u64` words and every count as a `u64`: LeNet-5's counts took
+//! 7.7 MB instead of 4.1 MB, most of it zero bytes that cost time to write and to read.
 //!
 //! Because states are sorted and unique, two count files merge by a linear merge that adds
 //! the counts of equal states: counts of shards add up to the counts of the whole.
@@ -18,16 +25,16 @@
 use std::io::{self, Read, Write};
 
 use aiq_io::{decode_bounded, encode, IoError, StreamKind};
-use aiq_states::{words_for, MAX_NEURONS};
+use aiq_states::MAX_NEURONS;
 use serde::{Deserialize, Serialize};
 
-use crate::{Counts, LayerCounts, Measurement};
+use crate::{Counts, LayerCounts, LayerSummary, Measurement};
 
 /// Format version of the counts stream; bump on any layout change.
-pub const COUNTS_VERSION: u32 = 1;
+pub const COUNTS_VERSION: u32 = 2;
 const HEADER_LIMIT: u64 = 16 << 20;
-/// Records read at a time, so memory follows the data actually present.
-const BLOCK_RECORDS: u64 = 1 << 16;
+/// Record bytes read at a time, so memory follows the data actually present.
+const BLOCK_BYTES: usize = 1 << 19;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct LayerHeader {
@@ -36,12 +43,18 @@ struct LayerHeader {
     states_per_input: u32,
     observations: u64,
     distinct: u64,
+    count_bytes: u8,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 struct CountsHeader {
     measurement: Measurement,
     layers: Vec<LayerHeader>,
+}
+
+/// The fewest bytes (at least 1) that hold `max`.
+fn bytes_for(max: u64) -> u8 {
+    ((64 - max.leading_zeros()).div_ceil(8) as u8).max(1)
 }
 
 /// Writes `counts` as a counts stream.
@@ -60,29 +73,36 @@ pub fn write_counts(w: &mut impl Write, counts: &Counts, name: &str) -> Result<(
                 states_per_input: l.states_per_input,
                 observations: l.observations,
                 distinct: l.distinct() as u64,
+                count_bytes: bytes_for(l.counts.iter().copied().max().unwrap_or(0)),
             })
             .collect(),
     };
     encode(w, &header, name)?;
-    let mut buf = Vec::with_capacity(1 << 16);
-    for l in &counts.layers {
+    let mut buf = Vec::with_capacity(BLOCK_BYTES + 64);
+    for (l, lh) in counts.layers.iter().zip(&header.layers) {
+        let nb = (l.neurons as usize).div_ceil(8);
+        let cb = usize::from(lh.count_bytes);
+        // Whole words are appended and the vector cut back to the record's bytes: fixed-size
+        // copies rather than a variable-length one per field.
+        let put = |buf: &mut Vec<u8>, x: u64, n: usize| {
+            let at = buf.len();
+            buf.extend_from_slice(&x.to_le_bytes());
+            buf.truncate(at + n);
+        };
         for (state, &count) in l.states.chunks_exact(l.words()).zip(&l.counts) {
-            for x in state.iter().chain([&count]) {
-                buf.extend_from_slice(&x.to_le_bytes());
+            let mut left = nb;
+            for &word in state {
+                put(&mut buf, word, left.min(8));
+                left = left.saturating_sub(8);
             }
-            if buf.len() >= 1 << 16 {
+            put(&mut buf, count, cb);
+            if buf.len() >= BLOCK_BYTES {
                 w.write_all(&buf).map_err(|e| IoError::io(name, e))?;
                 buf.clear();
             }
         }
     }
     w.write_all(&buf).map_err(|e| IoError::io(name, e))
-}
-
-fn words_from_le_word(b: &[u8]) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(b);
-    u64::from_le_bytes(a)
 }
 
 /// Reads a counts stream, magic included.
@@ -92,25 +112,96 @@ pub fn read_counts(r: &mut impl Read, name: &str) -> Result<Counts, IoError> {
 }
 
 /// Reads a counts stream whose magic and version the caller has already read and checked.
-/// Every claim of the header is checked against the data: sizes, strict order, counts that
-/// sum to the observations, no bits beyond the layer's neurons, no trailing bytes.
+/// Every claim of the header is checked against the data (see [`scan_counts_after_magic`]).
 pub fn read_counts_after_magic(r: &mut impl Read, name: &str) -> Result<Counts, IoError> {
+    // Each layer's states and counts, as far as the layers with states go.
+    let mut data: Vec<(Vec<u64>, Vec<u64>)> = Vec::new();
+    let (measurement, summaries) = scan_counts_after_magic(r, name, |i, _, state, count| {
+        if data.len() <= i {
+            data.resize_with(i + 1, Default::default);
+        }
+        let (states, counts) = &mut data[i];
+        match state {
+            State::Word(s) => states.push(s),
+            State::Bytes(b) => states.extend(b.chunks(8).map(|c| le_prefix(c, 0, c.len()))),
+        }
+        counts.push(count);
+    })?;
+    let mut data = data.into_iter();
+    let layers = summaries
+        .into_iter()
+        .map(|l| {
+            let (states, counts) = data.next().unwrap_or_default();
+            LayerCounts {
+                name: l.name,
+                neurons: l.neurons,
+                states_per_input: l.states_per_input,
+                observations: l.observations,
+                states,
+                counts,
+            }
+        })
+        .collect();
+    Ok(Counts {
+        measurement,
+        layers,
+    })
+}
+
+/// One distinct state as the reader hands it over.
+#[derive(Debug, Clone, Copy)]
+pub enum State<'a> {
+    /// A state of at most 64 neurons, as an integer (bit `i` = neuron `i`).
+    Word(u64),
+    /// A wider state's `ceil(neurons / 8)` little-endian bytes.
+    Bytes(&'a [u8]),
+}
+
+/// `n` ≤ 8 little-endian bytes of `b` from `at`, as an integer: one unaligned 8-byte load
+/// and a mask when 8 bytes are there (every record but the block's last few).
+#[inline]
+fn le_prefix(b: &[u8], at: usize, n: usize) -> u64 {
+    let mask = if n >= 8 {
+        u64::MAX
+    } else {
+        (1u64 << (8 * n)) - 1
+    };
+    match b.get(at..at + 8) {
+        Some(w) => u64::from_le_bytes(w.try_into().unwrap_or([0; 8])) & mask,
+        None => {
+            let mut a = [0u8; 8];
+            a[..n].copy_from_slice(&b[at..at + n]);
+            u64::from_le_bytes(a)
+        }
+    }
+}
+
+/// Reads a counts stream (after its magic and version) without keeping it: `visit` gets
+/// each layer's index, summary and, in ascending state order, every distinct state and its
+/// count. Everything is checked as it streams by: header sizes, strictly ascending states, no
+/// bits beyond a layer's neurons, no zero counts, counts that sum to the observations, no
+/// trailing bytes. Memory is one block of records, whatever the header claims. On an error
+/// the caller must discard what `visit` saw.
+pub fn scan_counts_after_magic(
+    r: &mut impl Read,
+    name: &str,
+    mut visit: impl FnMut(usize, &LayerSummary, State<'_>, u64),
+) -> Result<(Measurement, Vec<LayerSummary>), IoError> {
     let header: CountsHeader = decode_bounded(r, HEADER_LIMIT, name, "counts header")?;
     let corrupt = |detail: String| IoError::Corrupt {
         name: name.to_string(),
         what: "counts".to_string(),
         detail,
     };
-    let mut layers = Vec::with_capacity(header.layers.len().min(1024));
+    let mut summaries = Vec::with_capacity(header.layers.len().min(1024));
     let mut bytes = Vec::new();
-    for lh in header.layers {
+    for (index, lh) in header.layers.into_iter().enumerate() {
         if lh.neurons == 0 || lh.neurons > MAX_NEURONS {
             return Err(corrupt(format!(
                 "layer {:?} claims {} neurons",
                 lh.name, lh.neurons
             )));
         }
-        let words = words_for(lh.neurons as usize);
         let possible = if lh.neurons < 64 {
             1u64 << lh.neurons
         } else {
@@ -125,48 +216,104 @@ pub fn read_counts_after_magic(r: &mut impl Read, name: &str) -> Result<Counts, 
                 lh.name, lh.distinct, lh.neurons, lh.observations
             )));
         }
-        let rec = (words as u64 + 1) * 8;
-        let mut states = Vec::new();
-        let mut counts = Vec::new();
-        let mut left = lh.distinct;
-        while left > 0 {
-            let n = left.min(BLOCK_RECORDS);
-            bytes.clear();
-            r.by_ref()
-                .take(n * rec)
-                .read_to_end(&mut bytes)
-                .map_err(|e| IoError::io(name, e))?;
-            if bytes.len() as u64 != n * rec {
-                return Err(IoError::Truncated {
-                    name: name.to_string(),
-                    what: format!(
-                        "cut inside the counts of layer {:?} ({} of {} distinct states present)",
-                        lh.name,
-                        lh.distinct - left + bytes.len() as u64 / rec,
-                        lh.distinct
-                    ),
-                });
-            }
-            // The block is really there: reserve for it, then decode straight into place.
-            states.reserve(n as usize * words);
-            counts.reserve(n as usize);
-            for record in bytes.chunks_exact(rec as usize) {
-                let (state, count) = record.split_at(words * 8);
-                states.extend(state.chunks_exact(8).map(words_from_le_word));
-                counts.push(words_from_le_word(count));
-            }
-            left -= n;
+        if !(1..=8).contains(&lh.count_bytes) {
+            return Err(corrupt(format!(
+                "layer {:?} claims {}-byte counts (expected 1 to 8)",
+                lh.name, lh.count_bytes
+            )));
         }
-        let layer = LayerCounts {
+        let summary = LayerSummary {
             name: lh.name,
             neurons: lh.neurons,
             states_per_input: lh.states_per_input,
             observations: lh.observations,
-            states,
-            counts,
+            distinct: lh.distinct,
         };
-        layer.check().map_err(corrupt)?;
-        layers.push(layer);
+        let nb = (lh.neurons as usize).div_ceil(8);
+        let cb = usize::from(lh.count_bytes);
+        let rec = nb + cb;
+        // Bits of the state's last byte beyond the neurons must be zero.
+        let spare = nb * 8 - lh.neurons as usize;
+        let stray_mask = !(0xffu8 >> spare);
+        let block_records = (BLOCK_BYTES / rec).max(1) as u64;
+        let (mut prev_word, mut prev_bytes) = (None::<u64>, Vec::<u8>::new());
+        let mut total = 0u64;
+        let (mut out_of_order, mut stray, mut zero, mut overflow) = (false, false, false, false);
+        let mut left = lh.distinct;
+        while left > 0 {
+            let n = left.min(block_records);
+            bytes.clear();
+            r.by_ref()
+                .take(n * rec as u64)
+                .read_to_end(&mut bytes)
+                .map_err(|e| IoError::io(name, e))?;
+            if bytes.len() as u64 != n * rec as u64 {
+                return Err(IoError::Truncated {
+                    name: name.to_string(),
+                    what: format!(
+                        "cut inside the counts of layer {:?} ({} of {} distinct states present)",
+                        summary.name,
+                        lh.distinct - left + (bytes.len() / rec) as u64,
+                        lh.distinct
+                    ),
+                });
+            }
+            for at in (0..bytes.len()).step_by(rec) {
+                let count = le_prefix(&bytes, at + nb, cb);
+                zero |= count == 0;
+                let (sum, wrapped) = total.overflowing_add(count);
+                total = sum;
+                overflow |= wrapped;
+                stray |= bytes[at + nb - 1] & stray_mask != 0;
+                if nb <= 8 {
+                    let s = le_prefix(&bytes, at, nb);
+                    out_of_order |= prev_word.is_some_and(|p| p >= s);
+                    prev_word = Some(s);
+                    visit(index, &summary, State::Word(s), count);
+                } else {
+                    let s = &bytes[at..at + nb];
+                    if !prev_bytes.is_empty() {
+                        out_of_order |= prev_bytes.iter().rev().cmp(s.iter().rev()).is_ge();
+                    }
+                    prev_bytes.clear();
+                    prev_bytes.extend_from_slice(s);
+                    visit(index, &summary, State::Bytes(s), count);
+                }
+            }
+            // Flags are checked once per block (the visitor may have seen bad records).
+            if zero {
+                return Err(corrupt(format!(
+                    "layer {:?}: a state counted 0 times",
+                    summary.name
+                )));
+            }
+            if stray {
+                return Err(corrupt(format!(
+                    "layer {:?}: a state has bits beyond its {} neurons",
+                    summary.name, summary.neurons
+                )));
+            }
+            if out_of_order {
+                return Err(corrupt(format!(
+                    "layer {:?}: states not strictly ascending",
+                    summary.name
+                )));
+            }
+            if overflow {
+                return Err(corrupt(format!(
+                    "layer {:?}: counts overflow",
+                    summary.name
+                )));
+            }
+            left -= n;
+        }
+        if total != summary.observations {
+            return Err(corrupt(format!(
+                "layer {:?}: counts sum to {total}, header says {} observations",
+                summary.name, summary.observations
+            )));
+        }
+        summaries.push(summary);
     }
     let mut probe = [0u8; 1];
     loop {
@@ -177,8 +324,140 @@ pub fn read_counts_after_magic(r: &mut impl Read, name: &str) -> Result<Counts, 
             Err(e) => return Err(IoError::io(name, e)),
         }
     }
-    Ok(Counts {
-        measurement: header.measurement,
-        layers,
-    })
+    Ok((header.measurement, summaries))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(neurons: u32, states: Vec<u64>, counts: Vec<u64>) -> LayerCounts {
+        LayerCounts {
+            name: format!("l{neurons}"),
+            neurons,
+            states_per_input: 1,
+            observations: counts.iter().sum(),
+            states,
+            counts,
+        }
+    }
+
+    fn write(counts: &Counts) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        write_counts(&mut bytes, counts, "c").unwrap();
+        bytes
+    }
+
+    /// Layers of every state width and count width, one of them empty.
+    fn sample() -> Counts {
+        Counts {
+            measurement: Measurement::default(),
+            layers: vec![
+                layer(3, vec![0, 5, 7], vec![1, 255, 2]),
+                layer(0x14, vec![], vec![]),
+                layer(20, vec![1, 1 << 19], vec![256, 1 << 40]),
+                layer(64, vec![0, u64::MAX], vec![u64::MAX - 1, 1]),
+                layer(70, vec![3, 0, 1, 1 << 5], vec![70_000, 1]),
+                layer(200, vec![0, 0, 0, 1, 9, 0, 0, 1], vec![3, 1]),
+            ],
+        }
+    }
+
+    #[test]
+    fn every_width_round_trips_in_few_bytes() {
+        let mut c = sample();
+        c.layers[1].observations = 0;
+        let bytes = write(&c);
+        assert_eq!(read_counts(&mut bytes.as_slice(), "c").unwrap(), c);
+        assert_eq!(bytes_for(0), 1);
+        assert_eq!(bytes_for(255), 1);
+        assert_eq!(bytes_for(256), 2);
+        assert_eq!(bytes_for(u64::MAX), 8);
+        // Records: 3 × (1 + 1), 2 × (3 + 6), 2 × (8 + 8), 2 × (9 + 3), 2 × (25 + 1).
+        let header = bytes.len() - (6 + 18 + 32 + 24 + 52);
+        let mut scanned = Vec::new();
+        let (_, summaries) = scan_counts_after_magic(&mut &bytes[12..], "c", |i, l, s, n| {
+            let s = match s {
+                State::Word(w) => vec![w],
+                State::Bytes(b) => b.chunks(8).map(|c| le_prefix(c, 0, c.len())).collect(),
+            };
+            scanned.push((i, l.distinct, s, n));
+        })
+        .unwrap();
+        assert!(header < 300, "{header}");
+        assert_eq!(summaries.len(), 6);
+        assert_eq!(scanned.len(), 11);
+        assert_eq!(scanned[10], (5, 2, vec![9, 0, 0, 1], 1));
+    }
+
+    #[test]
+    fn damage_is_named() {
+        let c = sample();
+        let bytes = write(&c);
+        let n = bytes.len();
+        let err = |b: &[u8]| read_counts(&mut &b[..], "c").unwrap_err().to_string();
+        // The 70-neuron layer's last state (9 bytes, 2 spare bits), before its 3-byte count
+        // and the 200-neuron layer's 52 bytes.
+        let mut b = bytes.clone();
+        b[n - 52 - 4] |= 0x80;
+        assert!(err(&b).contains("beyond its 70 neurons"), "{}", err(&b));
+        let mut b = bytes.clone();
+        b[n - 1] = 0;
+        assert!(err(&b).contains("counted 0 times"), "{}", err(&b));
+        // The first layer's states 0, 5, 7 with the second made 7: not ascending.
+        let at = n - (6 + 18 + 32 + 24 + 52);
+        let mut b = bytes.clone();
+        b[at + 2] = 7;
+        assert!(err(&b).contains("ascending"), "{}", err(&b));
+        // The 64-neuron layer's counts made to wrap around.
+        let at64 = at + 6 + 18;
+        let mut b = bytes.clone();
+        b[at64 + 24..at64 + 32].copy_from_slice(&2u64.to_le_bytes());
+        assert!(err(&b).contains("overflow"), "{}", err(&b));
+        for cut in [n - 1, at + 1, 20] {
+            assert!(matches!(
+                read_counts(&mut &bytes[..cut], "c"),
+                Err(IoError::Truncated { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn absurd_claims_allocate_nothing() {
+        // A header claiming 2^40 distinct states of a 60-neuron layer, followed by one record:
+        // cut short after reading one block, never a 2^40-record allocation.
+        let mut c = Counts {
+            measurement: Measurement::default(),
+            layers: vec![layer(60, vec![1], vec![1])],
+        };
+        c.layers[0].observations = 1 << 41;
+        let mut bytes = Vec::new();
+        StreamKind::Counts
+            .write_header(&mut bytes, COUNTS_VERSION)
+            .unwrap();
+        let header = CountsHeader {
+            measurement: Measurement::default(),
+            layers: vec![LayerHeader {
+                name: "l".into(),
+                neurons: 60,
+                states_per_input: 1,
+                observations: 1 << 41,
+                distinct: 1 << 40,
+                count_bytes: 1,
+            }],
+        };
+        encode(&mut bytes, &header, "c").unwrap();
+        bytes.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0, 1]);
+        let e = read_counts(&mut bytes.as_slice(), "c").unwrap_err();
+        assert!(e.to_string().contains("1 of 1099511627776"), "{e}");
+        let mut bad = header;
+        bad.layers[0].count_bytes = 9;
+        let mut bytes = Vec::new();
+        StreamKind::Counts
+            .write_header(&mut bytes, COUNTS_VERSION)
+            .unwrap();
+        encode(&mut bytes, &bad, "c").unwrap();
+        let e = read_counts(&mut bytes.as_slice(), "c").unwrap_err();
+        assert!(e.to_string().contains("9-byte counts"), "{e}");
+    }
 }

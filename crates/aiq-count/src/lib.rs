@@ -29,7 +29,10 @@ use aiq_states::{words_for, ModelIdentity, RawChunk, StatesReader, STATES_VERSIO
 use serde::{Deserialize, Serialize};
 
 pub use counter::{FoldHasher, LayerCounter};
-pub use format::{read_counts, read_counts_after_magic, write_counts, COUNTS_VERSION};
+pub use format::{
+    read_counts, read_counts_after_magic, scan_counts_after_magic, write_counts, State,
+    COUNTS_VERSION,
+};
 pub use npy::{count_npy, read_npy_header, NpyHeader};
 
 /// What was measured: carried from the states header into the counts header and the score.
@@ -173,6 +176,17 @@ impl LayerCounts {
     }
 }
 
+/// One layer as a consumer of counts alone (scoring) sees it: everything but the states.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerSummary {
+    pub name: String,
+    pub neurons: u32,
+    /// States per input (0 when unknown).
+    pub states_per_input: u32,
+    pub observations: u64,
+    pub distinct: u64,
+}
+
 /// Every layer's counts plus what was measured.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Counts {
@@ -194,6 +208,15 @@ pub enum CountError {
 /// Counts a states stream or reads a counts stream, told apart by the magic.
 pub fn read_any<R: Read + Send>(mut r: R, name: &str) -> Result<Counts, CountError> {
     let (kind, version) = StreamKind::read_header(&mut r, name)?;
+    read_after_header(kind, version, r, name)
+}
+
+fn read_after_header<R: Read + Send>(
+    kind: StreamKind,
+    version: u32,
+    mut r: R,
+    name: &str,
+) -> Result<Counts, CountError> {
     match kind {
         StreamKind::States => {
             StreamKind::States.check(kind, version, name, STATES_VERSION)?;
@@ -207,6 +230,52 @@ pub fn read_any<R: Read + Send>(mut r: R, name: &str) -> Result<Counts, CountErr
             name: name.to_string(),
             found,
         }),
+    }
+}
+
+/// Like [`read_any`], but hands every layer's counts, in ascending state order, to `visit`
+/// (layer index, layer, state, count) instead of returning them: a counts stream is checked
+/// as fully as by [`read_counts`] without ever being held in memory, which is all a score
+/// needs. A states stream is counted first, as by [`read_any`]. On an error the caller must
+/// discard what `visit` saw.
+pub fn scan_any<R: Read + Send>(
+    mut r: R,
+    name: &str,
+    mut visit: impl FnMut(usize, &LayerSummary, State<'_>, u64),
+) -> Result<(Measurement, Vec<LayerSummary>), CountError> {
+    let (kind, version) = StreamKind::read_header(&mut r, name)?;
+    match kind {
+        StreamKind::Counts => {
+            StreamKind::Counts.check(kind, version, name, COUNTS_VERSION)?;
+            Ok(scan_counts_after_magic(&mut r, name, visit)?)
+        }
+        _ => {
+            let counts = read_after_header(kind, version, r, name)?;
+            let mut summaries = Vec::with_capacity(counts.layers.len());
+            let mut bytes = Vec::new();
+            for (i, l) in counts.layers.iter().enumerate() {
+                let s = LayerSummary {
+                    name: l.name.clone(),
+                    neurons: l.neurons,
+                    states_per_input: l.states_per_input,
+                    observations: l.observations,
+                    distinct: l.distinct() as u64,
+                };
+                let nb = (l.neurons as usize).div_ceil(8);
+                for (j, &c) in l.counts.iter().enumerate() {
+                    let state = l.state(j);
+                    if nb <= 8 {
+                        visit(i, &s, State::Word(state[0]), c);
+                    } else {
+                        bytes.clear();
+                        bytes.extend(state.iter().flat_map(|w| w.to_le_bytes()).take(nb));
+                        visit(i, &s, State::Bytes(&bytes), c);
+                    }
+                }
+                summaries.push(s);
+            }
+            Ok((counts.measurement, summaries))
+        }
     }
 }
 
@@ -655,15 +724,17 @@ mod tests {
         // Swap the first two records of the last layer: out of order.
         let mut bad = bytes.clone();
         let n = bad.len();
-        let (a, b) = (n - 10 * 24, n - 9 * 24);
+        // The last layer: 70 neurons (9 bytes) and counts of 1 (1 byte), 10 records.
+        assert_eq!(counts.layers[1].distinct(), 10);
+        let (a, b) = (n - 10 * 10, n - 9 * 10);
         let first: Vec<u8> = bad[a..b].to_vec();
-        bad.copy_within(b..b + 24, a);
-        bad[b..b + 24].copy_from_slice(&first);
+        bad.copy_within(b..b + 10, a);
+        bad[b..b + 10].copy_from_slice(&first);
         let e = read_counts(&mut bad.as_slice(), "c").unwrap_err();
         assert!(e.to_string().contains("ascending"), "{e}");
         // A changed count no longer sums to the observations.
         let mut bad = bytes.clone();
-        bad[n - 8] ^= 2;
+        bad[n - 1] ^= 2;
         let e = read_counts(&mut bad.as_slice(), "c").unwrap_err();
         assert!(e.to_string().contains("sum"), "{e}");
         let mut long = bytes.clone();
@@ -698,12 +769,14 @@ mod tests {
             e.to_string(),
             "m.bin: expected a states or counts stream, found a model stream"
         );
-        let mut v2 = bytes.clone();
-        v2[8] = 2;
-        assert!(matches!(
-            read_any(v2.as_slice(), "c"),
-            Err(CountError::Io(IoError::Version { .. }))
-        ));
+        // Version 1 (whole words per state, u64 counts) is refused, naming the version.
+        let mut v1 = bytes.clone();
+        v1[8] = 1;
+        let e = read_any(v1.as_slice(), "c").unwrap_err();
+        assert!(
+            matches!(e, CountError::Io(IoError::Version { found: 1, .. })),
+            "{e}"
+        );
     }
 
     #[test]

@@ -2,15 +2,29 @@
 //! counts, as the JSON object `score-aiq --json` prints and as a readable table.
 
 use std::fmt;
+use std::io::Read;
 
-use aiq_count::Counts;
+use aiq_count::{scan_any, CountError, Counts, LayerSummary, Measurement};
 use aiq_io::Provenance;
 use aiq_states::ModelIdentity;
 use serde::{Deserialize, Serialize};
 
 use crate::measures::{
-    aiq, efficiency, efficiency_ceiling, network_efficiency, shannon_bits, MetricsError,
+    aiq, efficiency, efficiency_ceiling, network_efficiency, shannon_bits, MetricsError, ShannonSum,
 };
+
+/// Why a stream could not be scored.
+#[derive(Debug, thiserror::Error)]
+pub enum ScoreError {
+    #[error(transparent)]
+    Read(#[from] CountError),
+    #[error("{name}: {source}")]
+    Metrics {
+        name: String,
+        #[source]
+        source: MetricsError,
+    },
+}
 
 /// One layer's measures.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -28,6 +42,19 @@ pub struct LayerScore {
 }
 
 impl LayerScore {
+    fn new(l: LayerSummary, entropy_bits: f64) -> Self {
+        LayerScore {
+            efficiency: efficiency(entropy_bits, l.neurons),
+            efficiency_ceiling: efficiency_ceiling(l.observations, l.neurons),
+            name: l.name,
+            neurons: l.neurons,
+            observations: l.observations,
+            distinct_states: l.distinct,
+            entropy_bits,
+            states_per_input: l.states_per_input,
+        }
+    }
+
     /// True when the sample size, not the network, bounds the efficiency: the ceiling is
     /// below 1 and the efficiency is within 5% of it.
     pub fn sample_limited(&self) -> bool {
@@ -64,31 +91,71 @@ impl Scorecard {
         accuracy: Option<f64>,
         tool: Provenance,
     ) -> Result<Self, MetricsError> {
-        let layers: Vec<LayerScore> = counts
+        let layers = counts
             .layers
             .iter()
             .map(|l| {
-                let h = shannon_bits(&l.counts);
-                LayerScore {
+                let summary = LayerSummary {
                     name: l.name.clone(),
                     neurons: l.neurons,
-                    observations: l.observations,
-                    distinct_states: l.distinct() as u64,
-                    entropy_bits: h,
-                    efficiency: efficiency(h, l.neurons),
-                    efficiency_ceiling: efficiency_ceiling(l.observations, l.neurons),
                     states_per_input: l.states_per_input,
-                }
+                    observations: l.observations,
+                    distinct: l.distinct() as u64,
+                };
+                LayerScore::new(summary, shannon_bits(&l.counts))
             })
             .collect();
+        Self::from_layers(layers, &counts.measurement, beta, accuracy, tool)
+    }
+
+    /// Scores the states or counts stream `r` (told apart by its magic) named `name`. A
+    /// counts stream is scored as it streams by, never held in memory
+    /// ([`aiq_count::scan_any`]); a states stream is counted first. Same numbers as
+    /// [`Scorecard::new`] of the same counts.
+    pub fn read(
+        r: impl Read + Send,
+        name: &str,
+        beta: f64,
+        accuracy: Option<f64>,
+        tool: Provenance,
+    ) -> Result<Self, ScoreError> {
+        let mut sums: Vec<ShannonSum> = Vec::new();
+        let (measurement, summaries) = scan_any(r, name, |i, l, _, count| {
+            while sums.len() <= i {
+                sums.push(ShannonSum::new(l.observations, l.distinct as usize));
+            }
+            sums[i].add(count);
+        })?;
+        let layers = summaries
+            .into_iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let h = sums.get(i).map_or(0.0, ShannonSum::bits);
+                LayerScore::new(l, h)
+            })
+            .collect();
+        Self::from_layers(layers, &measurement, beta, accuracy, tool).map_err(|source| {
+            ScoreError::Metrics {
+                name: name.to_string(),
+                source,
+            }
+        })
+    }
+
+    fn from_layers(
+        layers: Vec<LayerScore>,
+        m: &Measurement,
+        beta: f64,
+        accuracy: Option<f64>,
+        tool: Provenance,
+    ) -> Result<Self, MetricsError> {
         let effs: Vec<f64> = layers.iter().map(|l| l.efficiency).collect();
         let net = network_efficiency(&effs)?;
-        let accuracy = accuracy.or_else(|| counts.measurement.accuracy());
+        let accuracy = accuracy.or_else(|| m.accuracy());
         let aiq = accuracy.map(|p| aiq(p, net, beta)).transpose()?;
         if !(beta.is_finite() && beta > 0.0) {
             return Err(MetricsError::Beta(beta));
         }
-        let m = &counts.measurement;
         let mut provenance = m.provenance.clone();
         provenance.push(tool);
         Ok(Scorecard {
@@ -186,5 +253,55 @@ impl fmt::Display for Scorecard {
                 "aIQ                 unknown: no accuracy (give --accuracy P)"
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aiq_count::{write_counts, LayerCounts};
+
+    #[test]
+    fn a_streamed_score_has_the_same_bits() {
+        // A narrow layer and a wide one with enough states for the table of small terms.
+        let wide: Vec<u64> = (0..9000u64).map(|i| 1 + (i * i * 7919) % 3001).collect();
+        let layer = |name: &str, neurons: u32, states: Vec<u64>, counts: Vec<u64>| LayerCounts {
+            name: name.into(),
+            neurons,
+            states_per_input: 1,
+            observations: counts.iter().sum(),
+            states,
+            counts,
+        };
+        let counts = Counts {
+            measurement: Measurement {
+                inputs: Some(10),
+                correct: Some(9),
+                ..Measurement::default()
+            },
+            layers: vec![
+                layer("a", 3, vec![1, 2, 6], vec![5, 1, 2]),
+                layer("b", 90, (0..18_000).collect(), wide),
+            ],
+        };
+        let mut bytes = Vec::new();
+        write_counts(&mut bytes, &counts, "c").unwrap();
+        let tool = Provenance::current("t", "0");
+        let want = Scorecard::new(&counts, 2.0, None, tool.clone()).unwrap();
+        let got = Scorecard::read(bytes.as_slice(), "c", 2.0, None, tool).unwrap();
+        assert_eq!(got, want);
+        for (a, b) in got.layers.iter().zip(&want.layers) {
+            assert_eq!(a.entropy_bits.to_bits(), b.entropy_bits.to_bits());
+        }
+        assert_eq!(got.aiq.unwrap().to_bits(), want.aiq.unwrap().to_bits());
+        let e = Scorecard::read(
+            bytes.as_slice(),
+            "c",
+            0.0,
+            None,
+            Provenance::current("t", "0"),
+        )
+        .unwrap_err();
+        assert_eq!(e.to_string(), "c: beta must be a finite number > 0, got 0");
     }
 }

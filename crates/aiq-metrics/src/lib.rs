@@ -17,7 +17,8 @@
 mod card;
 mod measures;
 
-pub use card::{LayerScore, Scorecard};
+pub use card::{LayerScore, ScoreError, Scorecard};
 pub use measures::{
-    aiq, efficiency, efficiency_ceiling, network_efficiency, renyi_bits, shannon_bits, MetricsError,
+    aiq, efficiency, efficiency_ceiling, network_efficiency, renyi_bits, shannon_bits,
+    MetricsError, ShannonSum,
 };

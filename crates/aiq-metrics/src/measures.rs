@@ -25,32 +25,62 @@ fn unit(what: &'static str, value: f64) -> Result<f64, MetricsError> {
 /// Shannon entropy in bits of the distribution the counts describe: `-Σ p log2 p`.
 /// Zero for no observations or a single state.
 pub fn shannon_bits(counts: &[u64]) -> f64 {
-    let total: u64 = counts.iter().sum();
-    if total == 0 {
-        return 0.0;
+    let mut h = ShannonSum::new(counts.iter().sum(), counts.len());
+    counts.iter().for_each(|&c| h.add(c));
+    h.bits()
+}
+
+/// Shannon entropy summed one count at a time in the order given, so that counts streamed
+/// from a file need not be held: the same terms in the same order as [`shannon_bits`] of
+/// the same counts, hence the same bits.
+#[derive(Debug, Clone)]
+pub struct ShannonSum {
+    n: f64,
+    small: Vec<f64>,
+    h: f64,
+}
+
+impl ShannonSum {
+    /// For `distinct` counts that sum to `total`.
+    pub fn new(total: u64, distinct: usize) -> Self {
+        let n = total as f64;
+        // Most states of a wide layer are seen a few times: their terms come from a table
+        // of the small counts, computed by the same expression (so the same bits), rather
+        // than one log2 per state.
+        let small = if total > 0 && distinct > 4 * SMALL_COUNTS {
+            (0..SMALL_COUNTS as u64).map(|c| term(c, n)).collect()
+        } else {
+            Vec::new()
+        };
+        // -0.0: where `f64`'s `Sum` starts.
+        ShannonSum { n, small, h: -0.0 }
     }
-    let n = total as f64;
-    let term = |c: u64| {
-        let p = c as f64 / n;
-        -p * p.log2()
-    };
-    // Most states of a wide layer are seen a few times: their terms come from a table of
-    // the small counts, computed by the same expression (so the same bits, summed in the
-    // same order), rather than one log2 per state.
-    let small: Vec<f64> = if counts.len() > 4 * SMALL_COUNTS {
-        (0..SMALL_COUNTS as u64).map(term).collect()
-    } else {
-        Vec::new()
-    };
-    let h: f64 = counts
-        .iter()
-        .filter(|&&c| c > 0)
-        .map(|&c| match small.get(c as usize) {
-            Some(&t) => t,
-            None => term(c),
-        })
-        .sum();
-    h.max(0.0)
+
+    /// Adds the next count's term (zero counts add nothing).
+    #[inline]
+    pub fn add(&mut self, c: u64) {
+        if c > 0 {
+            self.h += match self.small.get(c as usize) {
+                Some(&t) => t,
+                None => term(c, self.n),
+            };
+        }
+    }
+
+    /// The entropy in bits of the counts added (0 when the total is 0).
+    pub fn bits(&self) -> f64 {
+        if self.n == 0.0 {
+            0.0
+        } else {
+            self.h.max(0.0)
+        }
+    }
+}
+
+/// One state's Shannon term, `-p log2 p` with `p = c / n`.
+fn term(c: u64, n: f64) -> f64 {
+    let p = c as f64 / n;
+    -p * p.log2()
 }
 
 /// Counts below this get their entropy term from a table when a layer has many states.
