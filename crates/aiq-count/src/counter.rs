@@ -67,6 +67,9 @@ pub const DENSE_MAX_NEURONS: u32 = 20;
 /// outnumber it (then the buffer matches them, which keeps the merges amortized).
 const BUFFER: usize = if cfg!(test) { 1 << 10 } else { 1 << 20 };
 
+/// Buffers at least this long are sorted in parallel.
+const PARALLEL_SORT: usize = if cfg!(test) { 1 << 8 } else { 1 << 16 };
+
 /// Sorted distinct keys with counts, plus a buffer of raw observations. A flush sorts the
 /// buffer, run-length encodes it and merges it into the sorted list: memory stays at the
 /// distinct states plus a buffer no larger than them (or [`BUFFER`]), and the cost is a
@@ -78,7 +81,7 @@ struct Runs<K> {
     buf: Vec<K>,
 }
 
-impl<K: Copy + Ord> Runs<K> {
+impl<K: Copy + Ord + Send + Sync> Runs<K> {
     fn push(&mut self, k: K) {
         self.buf.push(k);
         if self.buf.len() >= BUFFER.max(self.keys.len()) {
@@ -99,26 +102,9 @@ impl<K: Copy + Ord> Runs<K> {
             return;
         }
         let mut buf = std::mem::take(&mut self.buf);
-        // Measured on LeNet-5 conv2 states (640k, 50 bits): pdqsort beat an LSD radix
-        // sort with 8-, 11- and 16-bit digits, and sorting cache-sized pieces as they arrive
-        // then merging them (more work in all: ~35 ms instead of ~21 ms in the bench).
-        buf.sort_unstable();
-        // Run-length encode in place: the distinct keys stay at the front of the buffer,
-        // which becomes the sorted list itself on the first flush (no copy, no new pages).
-        let mut counts = Vec::with_capacity(buf.len());
-        let mut distinct = 0;
-        for i in 0..buf.len() {
-            let k = buf[i];
-            match counts.last_mut() {
-                Some(c) if buf[distinct - 1] == k => *c += 1,
-                _ => {
-                    buf[distinct] = k;
-                    distinct += 1;
-                    counts.push(1);
-                }
-            }
-        }
-        buf.truncate(distinct);
+        // The distinct keys stay at the front of the buffer, which becomes the sorted list
+        // itself on the first flush (no copy, no new pages).
+        let counts = sort_runs(&mut buf);
         if self.keys.is_empty() {
             self.keys = buf;
             self.counts = counts;
@@ -163,6 +149,83 @@ impl<K: Copy + Ord> Runs<K> {
         self.keys = k2;
         self.counts = c2;
     }
+}
+
+/// Sorts `keys`, leaves each distinct key once at the front (the vector cut to them) and
+/// returns their counts.
+///
+/// Measured on LeNet-5 conv2 states (640k, 50 bits): pdqsort beat LSD radix sorts with 8-,
+/// 11- and 16-bit digits, an in-place MSD radix sort, and sorting cache-sized pieces as they
+/// arrive then merging them. A large buffer is split in two on the pool's threads: one
+/// branch-free pass puts the keys below a sampled median first, then each side is sorted and
+/// encoded on its own thread (with LeNet-5's layers split between two threads, conv2's keys
+/// are sorted after the stream ends, when the other thread has nothing left to do). Every
+/// key below the pivot sorts before every other, so the two sides' runs concatenate in
+/// order: the same result for any thread count.
+fn sort_runs<K: Copy + Ord + Send + Sync>(keys: &mut Vec<K>) -> Vec<u64> {
+    let n = keys.len();
+    // Zeroed lazily by the allocator: only the pages of the distinct keys' counts are touched.
+    let mut counts = vec![0u64; n];
+    let split = if n >= PARALLEL_SORT && rayon::current_num_threads() > 1 {
+        let mut sample: Vec<K> = (0..255).map(|i| keys[i * n / 255]).collect();
+        sample.sort_unstable();
+        let pivot = sample[127];
+        // Branch-free Lomuto partition: keys[..m] < pivot <= keys[m..].
+        let mut m = 0;
+        for i in 0..n {
+            keys.swap(i, m);
+            m += usize::from(keys[m] < pivot);
+        }
+        (m > 0 && m < n).then_some(m)
+    } else {
+        None
+    };
+    let distinct = match split {
+        None => {
+            keys.sort_unstable();
+            runs(keys, &mut counts)
+        }
+        Some(m) => {
+            let (lo, hi) = keys.split_at_mut(m);
+            let (clo, chi) = counts.split_at_mut(m);
+            let (dlo, dhi) = rayon::join(
+                || {
+                    lo.sort_unstable();
+                    runs(lo, clo)
+                },
+                || {
+                    hi.sort_unstable();
+                    runs(hi, chi)
+                },
+            );
+            keys.copy_within(m..m + dhi, dlo);
+            counts.copy_within(m..m + dhi, dlo);
+            dlo + dhi
+        }
+    };
+    keys.truncate(distinct);
+    counts.truncate(distinct);
+    counts
+}
+
+/// Run-length encodes sorted `keys` in place: the distinct keys move to the front and their
+/// counts are added into `counts` (zero on entry, as long as `keys`). Branch-free (most of
+/// conv2's runs are one key long, so a branch per key would be mispredicted often). Returns
+/// the number of distinct keys.
+fn runs<K: Copy + Eq>(keys: &mut [K], counts: &mut [u64]) -> usize {
+    let Some(&first) = keys.first() else {
+        return 0;
+    };
+    let (mut d, mut prev) = (0, first);
+    counts[0] = 1;
+    for i in 1..keys.len() {
+        let k = keys[i];
+        d += usize::from(k != prev);
+        keys[d] = k;
+        counts[d] += 1;
+        prev = k;
+    }
+    d + 1
 }
 
 /// Adds states of `nb` ≤ 3 bytes each to a dense table, each state's bytes its index.
@@ -574,6 +637,41 @@ mod tests {
         a.merge(b);
         let got = a.finish("l", 1);
         assert_eq!((got.states, got.counts), (vec![1, 3, 15], vec![4, 3, 1]));
+    }
+
+    #[test]
+    fn sorted_runs_for_any_split_and_thread_count() {
+        let mut x = 7u64;
+        let mut rand = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let cases: Vec<Vec<u64>> = vec![
+            vec![],
+            vec![5],
+            vec![3; 1000],
+            // The sampled median is the minimum: nothing below it, no split.
+            (0..1000).map(|i| u64::from(i % 10 != 0)).collect(),
+            (0..5000).map(|_| rand() % 300).collect(),
+            (0..5000).map(|_| rand()).collect(),
+        ];
+        for keys in cases {
+            let mut plain = std::collections::BTreeMap::new();
+            keys.iter()
+                .for_each(|&k| *plain.entry(k).or_insert(0u64) += 1);
+            for threads in [1, 2, 3] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let mut k = keys.clone();
+                let counts = pool.install(|| sort_runs(&mut k));
+                assert_eq!(k, plain.keys().copied().collect::<Vec<_>>());
+                assert_eq!(counts, plain.values().copied().collect::<Vec<_>>());
+            }
+        }
     }
 
     #[test]

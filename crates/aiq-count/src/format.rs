@@ -34,7 +34,7 @@ use crate::{Counts, LayerCounts, LayerSummary, Measurement};
 pub const COUNTS_VERSION: u32 = 2;
 const HEADER_LIMIT: u64 = 16 << 20;
 /// Record bytes read at a time, so memory follows the data actually present.
-const BLOCK_BYTES: usize = 1 << 19;
+const BLOCK_BYTES: usize = 1 << 16;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct LayerHeader {
@@ -90,12 +90,17 @@ pub fn write_counts(w: &mut impl Write, counts: &Counts, name: &str) -> Result<(
             buf.truncate(at + n);
         };
         for (state, &count) in l.states.chunks_exact(l.words()).zip(&l.counts) {
-            let mut left = nb;
-            for &word in state {
-                put(&mut buf, word, left.min(8));
-                left = left.saturating_sub(8);
+            if nb + cb <= 8 {
+                // A one-word state and its count in one word (LeNet-5's conv1 and conv2).
+                put(&mut buf, state[0] | count << (8 * nb), nb + cb);
+            } else {
+                let mut left = nb;
+                for &word in state {
+                    put(&mut buf, word, left.min(8));
+                    left = left.saturating_sub(8);
+                }
+                put(&mut buf, count, cb);
             }
-            put(&mut buf, count, cb);
             if buf.len() >= BLOCK_BYTES {
                 w.write_all(&buf).map_err(|e| IoError::io(name, e))?;
                 buf.clear();

@@ -412,7 +412,7 @@ fn fresh_counters(header: &aiq_states::StatesHeader, share: u64) -> Vec<LayerCou
 }
 
 /// Chunks in flight between the reading thread and the layer workers.
-const IN_FLIGHT: usize = 4;
+const IN_FLIGHT: usize = 2;
 
 /// Each thread counts whole layers: thread `g` the layers of `groups[g]`. This thread reads
 /// each chunk once into a ring of shared buffers, hands it to the other threads and counts
