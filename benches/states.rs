@@ -89,6 +89,13 @@ fn packing(c: &mut Criterion) {
 fn counting(c: &mut Criterion) {
     let mut g = c.benchmark_group("count");
     g.sample_size(20);
+    let pool = |threads| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("a thread pool")
+    };
+    let one = pool(1);
     for (name, rows, neurons, dim) in [
         (
             "count_conv1_5760000_states_20_neurons_1_thread",
@@ -115,8 +122,10 @@ fn counting(c: &mut Criterion) {
             b.iter_batched(
                 || LayerCounter::new(neurons as u32),
                 |mut counter| {
-                    counter.add(&s);
-                    counter.finish("layer", 1).counts.len()
+                    one.install(|| {
+                        counter.add(&s);
+                        counter.finish("layer", 1).counts.len()
+                    })
                 },
                 BatchSize::LargeInput,
             )
@@ -129,20 +138,82 @@ fn counting(c: &mut Criterion) {
             .chunks_exact(w)
             .flat_map(|st| st.iter().flat_map(|x| x.to_le_bytes()).take(nb))
             .collect();
+        // In 64-image chunks of the stream; sorted layers are sorted on every thread of the
+        // pool once the stream ends.
+        let count_bytes = |counter: &mut LayerCounter| {
+            for chunk in bytes.chunks(64 * (rows / 10_000).max(1) * nb) {
+                counter.add_bytes(chunk);
+            }
+        };
         g.bench_function(format!("{name}_from_bytes"), |b| {
             b.iter_batched(
                 || LayerCounter::new(neurons as u32),
                 |mut counter| {
-                    // In 64-image chunks of the stream.
-                    for chunk in bytes.chunks(64 * (rows / 10_000).max(1) * nb) {
-                        counter.add_bytes(chunk);
-                    }
-                    counter.finish("layer", 1).counts.len()
+                    one.install(|| {
+                        count_bytes(&mut counter);
+                        counter.finish("layer", 1).counts.len()
+                    })
                 },
                 BatchSize::LargeInput,
             )
         });
+        if neurons > 20 && rows > 10_000 {
+            let two = pool(2);
+            let name = name.replace("1_thread", "2_threads");
+            g.bench_function(format!("{name}_from_bytes"), |b| {
+                b.iter_batched(
+                    || LayerCounter::new(neurons as u32),
+                    |mut counter| {
+                        two.install(|| {
+                            count_bytes(&mut counter);
+                            counter.finish("layer", 1).counts.len()
+                        })
+                    },
+                    BatchSize::LargeInput,
+                )
+            });
+        }
     }
+    g.finish();
+}
+
+/// The counts stream of a conv2-like layer (640k states of 50 neurons): written as
+/// `count-states` writes it, and scored as it streams by, as `score-aiq` scores it.
+fn counts_stream(c: &mut Criterion) {
+    use aiq_count::{write_counts, Counts, Measurement};
+    let mut counter = LayerCounter::new(50);
+    counter.add(&states(640_000, 50, 24, 4));
+    let counts = Counts {
+        measurement: Measurement::default(),
+        layers: vec![counter.finish("conv2", 64)],
+    };
+    let mut bytes = Vec::new();
+    write_counts(&mut bytes, &counts, "bench").expect("written to memory");
+    let distinct = counts.layers[0].distinct();
+    let mut g = c.benchmark_group("counts_stream");
+    g.throughput(Throughput::Bytes(bytes.len() as u64));
+    g.bench_function(
+        format!("write_counts_conv2_{distinct}_distinct_states"),
+        |b| {
+            let mut out = Vec::with_capacity(bytes.len());
+            b.iter(|| {
+                out.clear();
+                write_counts(&mut out, &counts, "bench").expect("written to memory");
+                out.len()
+            })
+        },
+    );
+    g.bench_function(
+        format!("score_counts_conv2_{distinct}_distinct_states"),
+        |b| {
+            b.iter(|| {
+                let tool = aiq_io::Provenance::current("bench", "0");
+                aiq_metrics::Scorecard::read(bytes.as_slice(), "bench", 2.0, None, tool)
+                    .expect("a valid stream")
+                    .network_efficiency
+            })
+        },
+    );
     g.finish();
 }
 
@@ -156,5 +227,5 @@ fn entropy(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, packing, counting, entropy);
+criterion_group!(benches, packing, counting, entropy, counts_stream);
 criterion_main!(benches);

@@ -82,6 +82,15 @@ struct Runs<K> {
 }
 
 impl<K: Copy + Ord + Send + Sync> Runs<K> {
+    /// A list of distinct keys, ascending, with their counts.
+    fn sealed((keys, counts): (Vec<K>, Vec<u64>)) -> Self {
+        Runs {
+            keys,
+            counts,
+            buf: Vec::new(),
+        }
+    }
+
     fn push(&mut self, k: K) {
         self.buf.push(k);
         if self.buf.len() >= BUFFER.max(self.keys.len()) {
@@ -438,12 +447,16 @@ impl LayerCounter {
 
     /// Sorts what is buffered, so that a later [`merge`](Self::merge) or
     /// [`finish`](Self::finish) is a linear pass; parallel workers call it on their own
-    /// counters before handing them over.
+    /// counters before handing them over. A dense table becomes the sorted list of the
+    /// states it saw (a merge then adds two short lists rather than two 2^20 tables, and
+    /// the scan of the table runs on the worker's thread); counting may go on after.
     pub fn seal(&mut self) {
         match &mut self.table {
             Table::One(r) => r.flush(),
             Table::Two(r) => r.flush(),
-            Table::Dense(_) | Table::Dense64(_) | Table::Many(_) => {}
+            Table::Dense(t) => self.table = Table::One(Runs::sealed(dense_nonzero(t))),
+            Table::Dense64(t) => self.table = Table::One(Runs::sealed(dense_nonzero(t))),
+            Table::Many(_) => {}
         }
     }
 
@@ -457,6 +470,12 @@ impl LayerCounter {
     /// Adds another counter's counts of the same layer (exact, order-independent).
     pub fn merge(&mut self, mut other: LayerCounter) {
         debug_assert_eq!(self.neurons, other.neurons);
+        let dense = |t: &Table| matches!(t, Table::Dense(_) | Table::Dense64(_));
+        if dense(&self.table) != dense(&other.table) {
+            // One of them was sealed into a sorted list.
+            self.seal();
+            other.seal();
+        }
         self.observations += other.observations;
         let wide = |t: &Table| matches!(t, Table::Dense64(_));
         if self.observations > u64::from(u32::MAX) || wide(&self.table) || wide(&other.table) {
@@ -637,6 +656,30 @@ mod tests {
         a.merge(b);
         let got = a.finish("l", 1);
         assert_eq!((got.states, got.counts), (vec![1, 3, 15], vec![4, 3, 1]));
+    }
+
+    #[test]
+    fn sealed_dense_counters_keep_counting_and_merge() {
+        let mut a = LayerCounter::new(4);
+        a.add(&[1, 1, 3]);
+        let mut b = a.clone();
+        a.seal();
+        assert!(matches!(a.table, Table::One(_)));
+        a.add_bytes(&[15, 1]);
+        let mut c = b.clone();
+        b.merge(a.clone());
+        a.merge(c.clone());
+        c.seal();
+        c.merge(a.clone());
+        // a: 1 ×3, 3, 15; b and c: 1 ×2, 3.
+        let want = (vec![1, 3, 15], vec![5, 2, 1]);
+        let got = |x: LayerCounter| {
+            let l = x.finish("l", 1);
+            (l.states, l.counts)
+        };
+        assert_eq!(got(b), want);
+        assert_eq!(got(a), want);
+        assert_eq!(got(c), (vec![1, 3, 15], vec![7, 3, 1]));
     }
 
     #[test]

@@ -121,16 +121,15 @@ pub fn read_counts(r: &mut impl Read, name: &str) -> Result<Counts, IoError> {
 pub fn read_counts_after_magic(r: &mut impl Read, name: &str) -> Result<Counts, IoError> {
     // Each layer's states and counts, as far as the layers with states go.
     let mut data: Vec<(Vec<u64>, Vec<u64>)> = Vec::new();
-    let (measurement, summaries) = scan_counts_after_magic(r, name, |i, _, state, count| {
+    let (measurement, summaries) = scan_counts_after_magic(r, name, |i, _, records| {
         if data.len() <= i {
             data.resize_with(i + 1, Default::default);
         }
         let (states, counts) = &mut data[i];
-        match state {
-            State::Word(s) => states.push(s),
-            State::Bytes(b) => states.extend(b.chunks(8).map(|c| le_prefix(c, 0, c.len()))),
+        for j in 0..records.len() {
+            records.push_state(j, states);
         }
-        counts.push(count);
+        counts.extend_from_slice(records.counts());
     })?;
     let mut data = data.into_iter();
     let layers = summaries
@@ -153,13 +152,68 @@ pub fn read_counts_after_magic(r: &mut impl Read, name: &str) -> Result<Counts, 
     })
 }
 
-/// One distinct state as the reader hands it over.
+/// A run of one layer's distinct states and their counts, in ascending state order, as a
+/// reader hands them over, already checked.
 #[derive(Debug, Clone, Copy)]
-pub enum State<'a> {
-    /// A state of at most 64 neurons, as an integer (bit `i` = neuron `i`).
-    Word(u64),
-    /// A wider state's `ceil(neurons / 8)` little-endian bytes.
-    Bytes(&'a [u8]),
+pub struct Records<'a> {
+    counts: &'a [u64],
+    states: Stored<'a>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Stored<'a> {
+    /// Records as in the stream: `state_bytes` bytes of state then the count, `record`
+    /// bytes in all.
+    Bytes {
+        state_bytes: usize,
+        record: usize,
+        bytes: &'a [u8],
+    },
+    /// States as `words` words each.
+    Words { words: usize, states: &'a [u64] },
+}
+
+impl<'a> Records<'a> {
+    /// Records straight from a layer's counts.
+    pub(crate) fn of_layer(l: &'a LayerCounts) -> Self {
+        Records {
+            counts: &l.counts,
+            states: Stored::Words {
+                words: l.words(),
+                states: &l.states,
+            },
+        }
+    }
+
+    /// The counts, in the states' order.
+    pub fn counts(&self) -> &'a [u64] {
+        self.counts
+    }
+
+    pub fn len(&self) -> usize {
+        self.counts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.counts.is_empty()
+    }
+
+    /// Appends the `j`-th state's `u64` words (bit `i` = neuron `i`) to `out`.
+    pub fn push_state(&self, j: usize, out: &mut Vec<u64>) {
+        match self.states {
+            Stored::Bytes {
+                state_bytes,
+                record,
+                bytes,
+            } => {
+                let s = &bytes[j * record..j * record + state_bytes];
+                out.extend(s.chunks(8).map(|c| le_prefix(c, 0, c.len())));
+            }
+            Stored::Words { words, states } => {
+                out.extend_from_slice(&states[j * words..(j + 1) * words]);
+            }
+        }
+    }
 }
 
 /// `n` ≤ 8 little-endian bytes of `b` from `at`, as an integer: one unaligned 8-byte load
@@ -182,15 +236,16 @@ fn le_prefix(b: &[u8], at: usize, n: usize) -> u64 {
 }
 
 /// Reads a counts stream (after its magic and version) without keeping it: `visit` gets
-/// each layer's index, summary and, in ascending state order, every distinct state and its
-/// count. Everything is checked as it streams by: header sizes, strictly ascending states, no
-/// bits beyond a layer's neurons, no zero counts, counts that sum to the observations, no
-/// trailing bytes. Memory is one block of records, whatever the header claims. On an error
-/// the caller must discard what `visit` saw.
+/// each layer's index, summary and, in ascending state order, blocks of its distinct states
+/// and their counts. Everything is checked as it streams by, each block before `visit` sees
+/// it: header sizes, strictly ascending states, no bits beyond a layer's neurons, no zero
+/// counts, counts that sum to the observations, no trailing bytes. Memory is one block of
+/// records, whatever the header claims. On an error the caller must discard what `visit`
+/// saw (a later block may fail, or the sum).
 pub fn scan_counts_after_magic(
     r: &mut impl Read,
     name: &str,
-    mut visit: impl FnMut(usize, &LayerSummary, State<'_>, u64),
+    mut visit: impl FnMut(usize, &LayerSummary, &Records<'_>),
 ) -> Result<(Measurement, Vec<LayerSummary>), IoError> {
     let header: CountsHeader = decode_bounded(r, HEADER_LIMIT, name, "counts header")?;
     let corrupt = |detail: String| IoError::Corrupt {
@@ -199,7 +254,7 @@ pub fn scan_counts_after_magic(
         detail,
     };
     let mut summaries = Vec::with_capacity(header.layers.len().min(1024));
-    let mut bytes = Vec::new();
+    let (mut bytes, mut counts) = (Vec::new(), Vec::new());
     for (index, lh) in header.layers.into_iter().enumerate() {
         if lh.neurons == 0 || lh.neurons > MAX_NEURONS {
             return Err(corrupt(format!(
@@ -263,29 +318,46 @@ pub fn scan_counts_after_magic(
                     ),
                 });
             }
-            for at in (0..bytes.len()).step_by(rec) {
-                let count = le_prefix(&bytes, at + nb, cb);
-                zero |= count == 0;
-                let (sum, wrapped) = total.overflowing_add(count);
-                total = sum;
-                overflow |= wrapped;
-                stray |= bytes[at + nb - 1] & stray_mask != 0;
-                if nb <= 8 {
+            counts.clear();
+            if nb <= 8 {
+                // States as integers: one load and a mask each, no branch per record.
+                let beyond = if lh.neurons < 64 {
+                    !((1u64 << lh.neurons) - 1)
+                } else {
+                    0
+                };
+                let mut stray_word = 0;
+                for at in (0..bytes.len()).step_by(rec) {
                     let s = le_prefix(&bytes, at, nb);
+                    let count = le_prefix(&bytes, at + nb, cb);
                     out_of_order |= prev_word.is_some_and(|p| p >= s);
                     prev_word = Some(s);
-                    visit(index, &summary, State::Word(s), count);
-                } else {
+                    stray_word |= s & beyond;
+                    zero |= count == 0;
+                    let (sum, wrapped) = total.overflowing_add(count);
+                    total = sum;
+                    overflow |= wrapped;
+                    counts.push(count);
+                }
+                stray |= stray_word != 0;
+            } else {
+                for at in (0..bytes.len()).step_by(rec) {
+                    let count = le_prefix(&bytes, at + nb, cb);
+                    zero |= count == 0;
+                    let (sum, wrapped) = total.overflowing_add(count);
+                    total = sum;
+                    overflow |= wrapped;
+                    stray |= bytes[at + nb - 1] & stray_mask != 0;
                     let s = &bytes[at..at + nb];
                     if !prev_bytes.is_empty() {
                         out_of_order |= prev_bytes.iter().rev().cmp(s.iter().rev()).is_ge();
                     }
                     prev_bytes.clear();
                     prev_bytes.extend_from_slice(s);
-                    visit(index, &summary, State::Bytes(s), count);
+                    counts.push(count);
                 }
             }
-            // Flags are checked once per block (the visitor may have seen bad records).
+            // Flags are checked once per block, before the visitor sees it.
             if zero {
                 return Err(corrupt(format!(
                     "layer {:?}: a state counted 0 times",
@@ -310,6 +382,18 @@ pub fn scan_counts_after_magic(
                     summary.name
                 )));
             }
+            visit(
+                index,
+                &summary,
+                &Records {
+                    counts: &counts,
+                    states: Stored::Bytes {
+                        state_bytes: nb,
+                        record: rec,
+                        bytes: &bytes,
+                    },
+                },
+            );
             left -= n;
         }
         if total != summary.observations {
@@ -381,12 +465,12 @@ mod tests {
         // Records: 3 × (1 + 1), 2 × (3 + 6), 2 × (8 + 8), 2 × (9 + 3), 2 × (25 + 1).
         let header = bytes.len() - (6 + 18 + 32 + 24 + 52);
         let mut scanned = Vec::new();
-        let (_, summaries) = scan_counts_after_magic(&mut &bytes[12..], "c", |i, l, s, n| {
-            let s = match s {
-                State::Word(w) => vec![w],
-                State::Bytes(b) => b.chunks(8).map(|c| le_prefix(c, 0, c.len())).collect(),
-            };
-            scanned.push((i, l.distinct, s, n));
+        let (_, summaries) = scan_counts_after_magic(&mut &bytes[12..], "c", |i, l, r| {
+            for (j, &n) in r.counts().iter().enumerate() {
+                let mut s = Vec::new();
+                r.push_state(j, &mut s);
+                scanned.push((i, l.distinct, s, n));
+            }
         })
         .unwrap();
         assert!(header < 300, "{header}");

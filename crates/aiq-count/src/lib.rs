@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 pub use counter::{FoldHasher, LayerCounter};
 pub use format::{
-    read_counts, read_counts_after_magic, scan_counts_after_magic, write_counts, State,
+    read_counts, read_counts_after_magic, scan_counts_after_magic, write_counts, Records,
     COUNTS_VERSION,
 };
 pub use npy::{count_npy, read_npy_header, NpyHeader};
@@ -234,14 +234,14 @@ fn read_after_header<R: Read + Send>(
 }
 
 /// Like [`read_any`], but hands every layer's counts, in ascending state order, to `visit`
-/// (layer index, layer, state, count) instead of returning them: a counts stream is checked
+/// (layer index, layer, a block of states and counts) instead of returning them: a counts stream is checked
 /// as fully as by [`read_counts`] without ever being held in memory, which is all a score
 /// needs. A states stream is counted first, as by [`read_any`]. On an error the caller must
 /// discard what `visit` saw.
 pub fn scan_any<R: Read + Send>(
     mut r: R,
     name: &str,
-    mut visit: impl FnMut(usize, &LayerSummary, State<'_>, u64),
+    mut visit: impl FnMut(usize, &LayerSummary, &Records<'_>),
 ) -> Result<(Measurement, Vec<LayerSummary>), CountError> {
     let (kind, version) = StreamKind::read_header(&mut r, name)?;
     match kind {
@@ -252,7 +252,6 @@ pub fn scan_any<R: Read + Send>(
         _ => {
             let counts = read_after_header(kind, version, r, name)?;
             let mut summaries = Vec::with_capacity(counts.layers.len());
-            let mut bytes = Vec::new();
             for (i, l) in counts.layers.iter().enumerate() {
                 let s = LayerSummary {
                     name: l.name.clone(),
@@ -261,16 +260,8 @@ pub fn scan_any<R: Read + Send>(
                     observations: l.observations,
                     distinct: l.distinct() as u64,
                 };
-                let nb = (l.neurons as usize).div_ceil(8);
-                for (j, &c) in l.counts.iter().enumerate() {
-                    let state = l.state(j);
-                    if nb <= 8 {
-                        visit(i, &s, State::Word(state[0]), c);
-                    } else {
-                        bytes.clear();
-                        bytes.extend(state.iter().flat_map(|w| w.to_le_bytes()).take(nb));
-                        visit(i, &s, State::Bytes(&bytes), c);
-                    }
+                if l.distinct() > 0 {
+                    visit(i, &s, &Records::of_layer(l));
                 }
                 summaries.push(s);
             }

@@ -120,11 +120,11 @@ impl Scorecard {
         tool: Provenance,
     ) -> Result<Self, ScoreError> {
         let mut sums: Vec<ShannonSum> = Vec::new();
-        let (measurement, summaries) = scan_any(r, name, |i, l, _, count| {
+        let (measurement, summaries) = scan_any(r, name, |i, l, records| {
             while sums.len() <= i {
                 sums.push(ShannonSum::new(l.observations, l.distinct as usize));
             }
-            sums[i].add(count);
+            sums[i].add_all(records.counts());
         })?;
         let layers = summaries
             .into_iter()

@@ -26,7 +26,7 @@ fn unit(what: &'static str, value: f64) -> Result<f64, MetricsError> {
 /// Zero for no observations or a single state.
 pub fn shannon_bits(counts: &[u64]) -> f64 {
     let mut h = ShannonSum::new(counts.iter().sum(), counts.len());
-    counts.iter().for_each(|&c| h.add(c));
+    h.add_all(counts);
     h.bits()
 }
 
@@ -56,15 +56,19 @@ impl ShannonSum {
         ShannonSum { n, small, h: -0.0 }
     }
 
-    /// Adds the next count's term (zero counts add nothing).
-    #[inline]
-    pub fn add(&mut self, c: u64) {
-        if c > 0 {
-            self.h += match self.small.get(c as usize) {
-                Some(&t) => t,
-                None => term(c, self.n),
-            };
+    /// Adds the terms of `counts`, in order (zero counts add nothing); blocks of counts
+    /// added one after another give the same bits as all of them at once.
+    pub fn add_all(&mut self, counts: &[u64]) {
+        let mut h = self.h;
+        for &c in counts {
+            if c > 0 {
+                h += match self.small.get(c as usize) {
+                    Some(&t) => t,
+                    None => term(c, self.n),
+                };
+            }
         }
+        self.h = h;
     }
 
     /// The entropy in bits of the counts added (0 when the total is 0).
