@@ -19,16 +19,18 @@ use super::conv::ConvShape;
 const G: usize = 3;
 /// Lanes of one vector (AVX's eight `f32`).
 const L: usize = 8;
-/// Most kernel taps (`k²`) the stack buffers hold.
+/// Most kernel taps (`k²`) and output rows the stack buffers hold.
 const MAX_TAPS: usize = 64;
+const MAX_ROWS: usize = 32;
 
 /// Whether the direct kernels handle `s`: one input channel, output rows of 8, 16 or 24
-/// columns, at most [`MAX_TAPS`] taps. Anything else goes through im2col.
+/// columns, at most [`MAX_TAPS`] taps and [`MAX_ROWS`] rows. Anything else goes through im2col.
 pub(crate) fn applies(s: &ConvShape) -> bool {
     s.cin == 1
         && s.ow().is_multiple_of(L)
         && (1..=3).contains(&(s.ow() / L))
         && s.k * s.k <= MAX_TAPS
+        && s.oh() <= MAX_ROWS
 }
 
 /// `y = conv(x, w) + b` for `n` images (see [`applies`]).
@@ -145,63 +147,93 @@ fn backward_rows<const V: usize>(
     db: &mut [f32],
 ) {
     let fma = multiversion::target::target_cfg_f!(target_feature = "fma");
-    let (k, iw, ow, cout) = (s.k, s.w, s.ow(), s.cout);
+    let (k, iw, oh, ow, cout) = (s.k, s.w, s.oh(), s.ow(), s.cout);
     let taps = k * k;
     for c0 in (0..cout).step_by(G) {
         let cn = G.min(cout - c0);
-        // Lane-wise partial sums per tap and channel, reduced across lanes at the end.
-        let mut part = [[[0.0f32; L]; G]; MAX_TAPS];
-        let mut bias = [[0.0f32; L]; G];
+        // Lane-wise partial sums per tap, reduced across lanes at the end.
+        let mut part = [[[[0.0f32; L]; V]; G]; MAX_TAPS];
+        let mut bias = [[[0.0f32; L]; V]; G];
+        // One image's output gradient for the group, channels planar (zero beyond c_out).
+        let mut d = [[[[0.0f32; L]; V]; G]; MAX_ROWS];
         let images = x
             .chunks_exact(s.in_size())
             .zip(dy.chunks_exact(s.out_size()));
         for (img, dyi) in images.take(n) {
-            for (oy, drow) in dyi.chunks_exact(ow * cout).enumerate() {
-                // This row's gradient, channels of the group planar (zero beyond c_out).
-                let mut d = [[[0.0f32; L]; V]; G];
+            for (dr, drow) in d.iter_mut().zip(dyi.chunks_exact(ow * cout)) {
                 for (v, dv) in drow.chunks_exact(L * cout).enumerate().take(V) {
                     for (l, dpos) in dv.chunks_exact(cout).enumerate() {
-                        for (g, dg) in d.iter_mut().enumerate().take(cn) {
+                        for (g, dg) in dr.iter_mut().enumerate().take(cn) {
                             dg[v][l] = dpos[c0 + g];
                         }
                     }
                 }
-                for (bg, dg) in bias.iter_mut().zip(&d) {
-                    for dv in dg {
-                        for (bl, &dl) in bg.iter_mut().zip(dv) {
-                            *bl += dl;
+                bias = add_tile(bias, dr);
+            }
+            for ky in 0..k {
+                for kx in 0..k {
+                    // Accumulators stay in registers over the rows, then go to memory once.
+                    let mut acc = [[[0.0f32; L]; V]; G];
+                    for (oy, dr) in d.iter().enumerate().take(oh) {
+                        let row = &img[(oy + ky) * iw + kx..(oy + ky) * iw + kx + V * L];
+                        let mut xs = [[0.0f32; L]; V];
+                        for (v, xv) in xs.iter_mut().enumerate() {
+                            xv.copy_from_slice(&row[v * L..v * L + L]);
                         }
+                        acc = madd_rows(acc, &xs, dr, fma);
                     }
-                }
-                for ky in 0..k {
-                    let row = &img[(oy + ky) * iw..(oy + ky + 1) * iw];
-                    for kx in 0..k {
-                        let pt = &mut part[ky * k + kx];
-                        for v in 0..V {
-                            let xv = &row[kx + v * L..kx + v * L + L];
-                            for (pg, dg) in pt.iter_mut().zip(&d) {
-                                for ((pl, &xl), &dl) in pg.iter_mut().zip(xv).zip(&dg[v]) {
-                                    *pl = if fma {
-                                        xl.mul_add(dl, *pl)
-                                    } else {
-                                        xl * dl + *pl
-                                    };
-                                }
-                            }
-                        }
-                    }
+                    let t = &mut part[ky * k + kx];
+                    *t = add_tile(*t, &acc);
                 }
             }
         }
         for (t, pt) in part.iter().enumerate().take(taps) {
             for (g, pg) in pt.iter().enumerate().take(cn) {
-                dw[t * cout + c0 + g] = lane_sum(pg);
+                dw[t * cout + c0 + g] = tile_sum(pg);
             }
         }
         for (g, bg) in bias.iter().enumerate().take(cn) {
-            db[c0 + g] = lane_sum(bg);
+            db[c0 + g] = tile_sum(bg);
         }
     }
+}
+
+/// `acc[g][v] += xs[v] · d[g][v]`, lane-wise: one row of [`backward_rows`].
+#[inline(always)]
+fn madd_rows<const V: usize>(
+    mut acc: [[[f32; L]; V]; G],
+    xs: &[[f32; L]; V],
+    d: &[[[f32; L]; V]; G],
+    fma: bool,
+) -> [[[f32; L]; V]; G] {
+    for (ag, dg) in acc.iter_mut().zip(d) {
+        for ((av, xv), dv) in ag.iter_mut().zip(xs).zip(dg) {
+            for ((a, &x), &dl) in av.iter_mut().zip(xv).zip(dv) {
+                *a = if fma { x.mul_add(dl, *a) } else { x * dl + *a };
+            }
+        }
+    }
+    acc
+}
+
+#[inline(always)]
+fn add_tile<const V: usize>(
+    mut a: [[[f32; L]; V]; G],
+    b: &[[[f32; L]; V]; G],
+) -> [[[f32; L]; V]; G] {
+    for (ag, bg) in a.iter_mut().zip(b) {
+        for (av, bv) in ag.iter_mut().zip(bg) {
+            for (x, &y) in av.iter_mut().zip(bv) {
+                *x += y;
+            }
+        }
+    }
+    a
+}
+
+/// Sum of a channel's vectors, lanes pairwise (a fixed order).
+fn tile_sum<const V: usize>(v: &[[f32; L]; V]) -> f32 {
+    v.iter().map(lane_sum).fold(0.0, |a, b| a + b)
 }
 
 /// Sum of the lanes, pairwise (a fixed order).
@@ -266,8 +298,9 @@ pub(crate) fn forward_multi(
     }
 }
 
-/// All position tiles of one image for channel vectors `v0..v0 + NV`; the positions left
-/// over by `P` go one at a time.
+/// All position tiles of one image for channel vectors `v0..v0 + NV`. The last tile may
+/// run past the positions: it repeats the last one and stores only the real ones (cheaper
+/// than one position at a time, whose lone accumulators wait on each other).
 fn tiles<const P: usize, const NV: usize>(
     img: &[f32],
     s: &ConvShape,
@@ -277,15 +310,12 @@ fn tiles<const P: usize, const NV: usize>(
     pos: usize,
     y: &mut [f32],
 ) {
-    let whole = pos / P * P;
-    for p0 in (0..whole).step_by(P) {
-        tile::<P, NV>(img, s, wp, np, v0, p0, y);
-    }
-    for p0 in whole..pos {
-        tile::<1, NV>(img, s, wp, np, v0, p0, y);
+    for p0 in (0..pos).step_by(P) {
+        tile::<P, NV>(img, s, wp, np, v0, p0, pos, y);
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 #[multiversion(targets("x86_64+avx2+fma"))]
 fn tile<const P: usize, const NV: usize>(
     img: &[f32],
@@ -294,52 +324,88 @@ fn tile<const P: usize, const NV: usize>(
     np: usize,
     v0: usize,
     p0: usize,
+    pos: usize,
     y: &mut [f32],
 ) {
     let fma = multiversion::target::target_cfg_f!(target_feature = "fma");
     let (k, cin, ow, cout) = (s.k, s.cin, s.ow(), s.cout);
     let run = k * cin;
     let c0 = v0 * L;
-    let mut bias = [[0.0f32; L]; NV];
-    for (v, bv) in bias.iter_mut().enumerate() {
-        let at = s.kdim() * np + c0 + v * L;
-        bv.copy_from_slice(&wp[at..at + L]);
-    }
-    let mut acc = [bias; P];
+    let mut acc = [vectors::<NV>(&wp[s.kdim() * np + c0..]); P];
     for dy in 0..k {
         // Each position's run of inputs for kernel row `dy`.
         let runs: [&[f32]; P] = std::array::from_fn(|i| {
-            let (oy, ox) = ((p0 + i) / ow, (p0 + i) % ow);
+            let p = (p0 + i).min(pos - 1);
+            let (oy, ox) = (p / ow, p % ow);
             let at = ((oy + dy) * s.w + ox) * cin;
             &img[at..at + run]
         });
-        let wrows = wp[dy * run * np..(dy + 1) * run * np].chunks_exact(np);
-        for (j, wrow) in wrows.enumerate() {
-            let mut wv = [[0.0f32; L]; NV];
-            for (v, wvv) in wv.iter_mut().enumerate() {
-                wvv.copy_from_slice(&wrow[c0 + v * L..c0 + v * L + L]);
-            }
-            for (ai, r) in acc.iter_mut().zip(&runs) {
-                let a = r[j];
-                for (av, wvv) in ai.iter_mut().zip(&wv) {
-                    for (al, &wl) in av.iter_mut().zip(wvv) {
-                        *al = if fma {
-                            a.mul_add(wl, *al)
-                        } else {
-                            a * wl + *al
-                        };
-                    }
+        acc = panel(acc, &runs, &wp[dy * run * np..], np, c0, fma);
+    }
+    store_rows(&std::hint::black_box(acc), y, p0, pos - p0, cout, c0);
+}
+
+/// `NV` vectors from the front of `s`.
+#[inline(always)]
+fn vectors<const NV: usize>(s: &[f32]) -> [[f32; L]; NV] {
+    let mut v = [[0.0f32; L]; NV];
+    for (i, x) in v.iter_mut().enumerate() {
+        x.copy_from_slice(&s[i * L..i * L + L]);
+    }
+    v
+}
+
+/// `acc[i][v] += Σ_j runs[i][j] · b[j·ldb + c0 + v·L ..][..L]`: one register tile of a GEMM
+/// whose left-hand rows are read where they lie (each element broadcast in turn) and whose
+/// right-hand rows are contiguous vectors. Inlined into multiversioned callers, so it is
+/// compiled as their clone.
+#[inline(always)]
+fn panel<const P: usize, const NV: usize>(
+    mut acc: [[[f32; L]; NV]; P],
+    runs: &[&[f32]; P],
+    b: &[f32],
+    ldb: usize,
+    c0: usize,
+    fma: bool,
+) -> [[[f32; L]; NV]; P] {
+    // Every run cut to one length, so that indexing them below needs no bounds checks.
+    let k = runs[0].len();
+    let runs: [&[f32]; P] = std::array::from_fn(|i| &runs[i][..k]);
+    for j in 0..k {
+        let bv = vectors::<NV>(&b[j * ldb + c0..j * ldb + c0 + NV * L]);
+        for (ai, r) in acc.iter_mut().zip(runs) {
+            let a = r[j];
+            for (av, bvv) in ai.iter_mut().zip(&bv) {
+                for (al, &bl) in av.iter_mut().zip(bvv) {
+                    *al = if fma {
+                        a.mul_add(bl, *al)
+                    } else {
+                        a * bl + *al
+                    };
                 }
             }
         }
     }
-    let acc = std::hint::black_box(acc);
-    for (i, ai) in acc.iter().enumerate() {
-        let out = &mut y[(p0 + i) * cout..(p0 + i + 1) * cout];
+    acc
+}
+
+/// Writes the first `rows` tile rows `i` to `y` rows `r0 + i` (`cols` wide), columns from
+/// `c0`, as far as `cols` goes.
+#[inline(always)]
+fn store_rows<const P: usize, const NV: usize>(
+    acc: &[[[f32; L]; NV]; P],
+    y: &mut [f32],
+    r0: usize,
+    rows: usize,
+    cols: usize,
+    c0: usize,
+) {
+    for (i, ai) in acc.iter().enumerate().take(rows) {
+        let out = &mut y[(r0 + i) * cols..(r0 + i + 1) * cols];
         for (v, av) in ai.iter().enumerate() {
             let c = c0 + v * L;
-            if c < cout {
-                let m = L.min(cout - c);
+            if c < cols {
+                let m = L.min(cols - c);
                 out[c..c + m].copy_from_slice(&av[..m]);
             }
         }
