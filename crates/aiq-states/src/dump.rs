@@ -196,17 +196,38 @@ pub struct StatesChunk {
 
 /// One chunk as stored: its predictions and, per layer, its states as `ceil(neurons / 8)`
 /// bytes each (neuron `i` at bit `i % 8` of byte `i / 8`), image-major, in one reused buffer.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct RawChunk {
     /// Index of the chunk's first input.
     pub first_input: u64,
     pub predictions: Vec<u8>,
+    /// The states, then whatever a larger earlier chunk left after them: the buffer only
+    /// grows, so that reading into it never zero-fills it again.
     bytes: Vec<u8>,
     /// End of each layer's bytes in `bytes`.
     ends: Vec<usize>,
 }
 
+impl PartialEq for RawChunk {
+    fn eq(&self, other: &Self) -> bool {
+        (self.first_input, &self.predictions, &self.ends, self.used())
+            == (
+                other.first_input,
+                &other.predictions,
+                &other.ends,
+                other.used(),
+            )
+    }
+}
+
+impl Eq for RawChunk {}
+
 impl RawChunk {
+    /// The states of every layer, end to end.
+    fn used(&self) -> &[u8] {
+        &self.bytes[..self.ends.last().copied().unwrap_or(0)]
+    }
+
     /// Layer `i`'s states, `ceil(neurons / 8)` bytes each.
     pub fn layer(&self, i: usize) -> &[u8] {
         let start = if i == 0 { 0 } else { self.ends[i - 1] };
@@ -495,13 +516,27 @@ impl<R: Read> StatesReader<R> {
                     total += spec.states_for_inputs(n).unwrap_or(0) as usize * spec.state_bytes();
                     chunk.ends.push(total);
                 }
-                // Grows with the data actually present (a corrupt record cannot make it
-                // allocate more than the stream holds); capacity is reused across chunks.
-                chunk.bytes.clear();
-                let got = (&mut self.r)
-                    .take(total as u64)
-                    .read_to_end(&mut chunk.bytes)
-                    .map_err(|e| IoError::io(&self.name, e))?;
+                // Read straight into the reused buffer with reads as large as the chunk (no
+                // small first reads served through the input's buffer, no second copy). It
+                // grows by at most doubling what has arrived (or 1 MiB), so a corrupt record
+                // cannot make it allocate much more than the stream holds.
+                let mut got = 0;
+                while got < total {
+                    let end = if chunk.bytes.len() >= total {
+                        total
+                    } else {
+                        total.min(got.saturating_mul(2).max(1 << 20))
+                    };
+                    if chunk.bytes.len() < end {
+                        chunk.bytes.resize(end, 0);
+                    }
+                    let n = read_full(&mut self.r, &mut chunk.bytes[got..end])
+                        .map_err(|e| IoError::io(&self.name, e))?;
+                    got += n;
+                    if got < end {
+                        break;
+                    }
+                }
                 if got < total {
                     let cut = chunk.ends.iter().position(|&e| got < e).unwrap_or(0);
                     return Err(IoError::Truncated {
@@ -550,6 +585,20 @@ impl<R: Read> StatesReader<R> {
     pub fn accuracy(&self) -> Option<f64> {
         (self.ended && self.read > 0).then(|| self.correct as f64 / self.read as f64)
     }
+}
+
+/// Reads until `buf` is full or the input ends; the bytes read.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 /// Little-endian bytes to words (the stream's byte order on every machine).
