@@ -136,10 +136,10 @@ pub(crate) fn forward(
     col: &mut [f32],
     y: &mut [f32],
 ) {
-    if direct::applies(s) {
-        direct::forward(x, w, b, n, s, y);
-    } else if direct::applies_multi(s) {
+    if direct::applies_multi(s) {
         direct::forward_multi(x, w, b, n, s, col, y);
+    } else if direct::applies(s) {
+        direct::forward(x, w, b, n, s, y);
     } else {
         forward_im2col(x, w, b, n, s, col, y);
     }

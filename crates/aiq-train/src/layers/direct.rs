@@ -1,14 +1,18 @@
-//! Direct convolution of a single-channel input (LeNet-5's first layer), vectorized over
-//! output columns.
+//! Direct convolutions for LeNet-5's narrow layers, in place of im2col + GEMM.
 //!
 //! im2col turns a 28×28 image into a 576×25 matrix (18× the image) that matrixmultiply then
-//! packs again, to feed a GEMM only `c_out` columns wide: at 3–20 channels the copies cost
-//! more than the arithmetic. Here each output row is computed in registers instead: for a
-//! group of [`G`] output channels, `V` vectors of [`L`] output columns accumulate
-//! `x[oy+dy][ox+dx .. +L] · w[dy][dx][c]` over the taps, reading the image where it lies.
-//! The kernels are compiled twice, for the baseline target and for AVX2 + FMA, and the
-//! clone is chosen at run time (`multiversion`); both are plain safe Rust that LLVM
-//! vectorizes. Sums run in a fixed order per image, so results do not depend on threads.
+//! packs again, to feed a GEMM only `c_out` (3–64) columns wide: at these widths the copies
+//! cost more than the arithmetic. The kernels here read the image where it lies and keep a
+//! tile of outputs in registers:
+//! - [`forward_multi`], an implicit GEMM: a tile of output positions × vectors of output
+//!   channels accumulates over the kernel rows, each position's inputs broadcast from the
+//!   image (for each kernel row, one contiguous run of `k·c_in` floats);
+//! - [`forward`] and [`backward_weights`], for a single input channel and fewer than 8
+//!   output channels (vectors of channels would be mostly idle): vectors run along an
+//!   output row instead, `x[oy+dy][ox+dx ..]` against each channel's weight.
+//! The kernels are compiled twice, for the baseline target and for AVX2 + FMA, and the clone
+//! is chosen at run time (`multiversion`); both are plain safe Rust that LLVM vectorizes.
+//! Sums run in a fixed order per image, so results do not depend on threads.
 
 use multiversion::multiversion;
 
@@ -74,7 +78,10 @@ fn forward_rows<const V: usize>(
             .zip(y.chunks_exact_mut(s.out_size()));
         for (img, yi) in images.take(n) {
             for (oy, yrow) in yi.chunks_exact_mut(ow * cout).enumerate() {
-                let mut acc = bias.map(|bg| [[bg; L]; V]);
+                let mut acc = [[[0.0f32; L]; V]; G];
+                for (a, &bg) in acc.iter_mut().zip(&bias) {
+                    *a = [[bg; L]; V];
+                }
                 for dy in 0..k {
                     let row = &img[(oy + dy) * iw..(oy + dy) * iw + k - 1 + V * L];
                     for dx in 0..k {
@@ -242,13 +249,16 @@ fn lane_sum(v: &[f32; L]) -> f32 {
     (q[0] + q[2]) + (q[1] + q[3])
 }
 
-/// Whether [`forward_multi`] handles `s`: several input channels, at most [`MAX_VECS`]
-/// vectors of output channels, and room in the layer's im2col scratch (at least one image's
+/// Whether [`forward_multi`] handles `s`: several input channels, or one and at least a
+/// vector of output channels (fewer would leave most lanes idle: [`forward`] takes those),
+/// at most [`MAX_VECS`] vectors of output channels, and room in the layer's im2col scratch (at least one image's
 /// worth, `oh·ow·kdim` floats) for the padded weights and bias, `(kdim + 1)` rows of
 /// `c_out` rounded up to [`L`].
 pub(crate) fn applies_multi(s: &ConvShape) -> bool {
     let np = s.cout.div_ceil(L) * L;
-    s.cin > 1 && np <= MAX_VECS * L && (s.kdim() + 1) * np <= s.oh() * s.ow() * s.kdim()
+    (s.cin > 1 || s.cout >= L)
+        && np <= MAX_VECS * L
+        && (s.kdim() + 1) * np <= s.oh() * s.ow() * s.kdim()
 }
 
 /// Most output-channel vectors [`forward_multi`] takes (64 channels); wider layers have
@@ -287,11 +297,11 @@ pub(crate) fn forward_multi(
         // Three vectors at a time, then what is left with more positions per tile, so the
         // accumulators and the positions' pointers still fit the registers.
         while np - v0 * L >= 3 * L {
-            tiles::<4, 3>(img, s, wp, np, v0, pos, yi);
+            tiles::<3, 3>(img, s, wp, np, v0, pos, yi);
             v0 += 3;
         }
         match np / L - v0 {
-            2 => tiles::<6, 2>(img, s, wp, np, v0, pos, yi),
+            2 => tiles::<5, 2>(img, s, wp, np, v0, pos, yi),
             1 => tiles::<8, 1>(img, s, wp, np, v0, pos, yi),
             _ => {}
         }
@@ -332,14 +342,18 @@ fn tile<const P: usize, const NV: usize>(
     let run = k * cin;
     let c0 = v0 * L;
     let mut acc = [vectors::<NV>(&wp[s.kdim() * np + c0..]); P];
+    // Where each position's inputs start in the image.
+    let mut at = [0; P];
+    for (i, a) in at.iter_mut().enumerate() {
+        let p = (p0 + i).min(pos - 1);
+        *a = (p / ow * s.w + p % ow) * cin;
+    }
     for dy in 0..k {
         // Each position's run of inputs for kernel row `dy`.
-        let runs: [&[f32]; P] = std::array::from_fn(|i| {
-            let p = (p0 + i).min(pos - 1);
-            let (oy, ox) = (p / ow, p % ow);
-            let at = ((oy + dy) * s.w + ox) * cin;
-            &img[at..at + run]
-        });
+        let mut runs: [&[f32]; P] = [&[]; P];
+        for (r, &a) in runs.iter_mut().zip(&at) {
+            *r = &img[a + dy * s.w * cin..a + dy * s.w * cin + run];
+        }
         acc = panel(acc, &runs, &wp[dy * run * np..], np, c0, fma);
     }
     store_rows(&std::hint::black_box(acc), y, p0, pos - p0, cout, c0);
@@ -358,7 +372,8 @@ fn vectors<const NV: usize>(s: &[f32]) -> [[f32; L]; NV] {
 /// `acc[i][v] += Σ_j runs[i][j] · b[j·ldb + c0 + v·L ..][..L]`: one register tile of a GEMM
 /// whose left-hand rows are read where they lie (each element broadcast in turn) and whose
 /// right-hand rows are contiguous vectors. Inlined into multiversioned callers, so it is
-/// compiled as their clone.
+/// compiled as their clone (closures are not: they would be calls to baseline code, which
+/// is why the kernels here use plain loops).
 #[inline(always)]
 fn panel<const P: usize, const NV: usize>(
     mut acc: [[[f32; L]; NV]; P],
@@ -370,7 +385,11 @@ fn panel<const P: usize, const NV: usize>(
 ) -> [[[f32; L]; NV]; P] {
     // Every run cut to one length, so that indexing them below needs no bounds checks.
     let k = runs[0].len();
-    let runs: [&[f32]; P] = std::array::from_fn(|i| &runs[i][..k]);
+    let mut cut: [&[f32]; P] = [&[]; P];
+    for (c, r) in cut.iter_mut().zip(runs) {
+        *c = &r[..k];
+    }
+    let runs = cut;
     for j in 0..k {
         let bv = vectors::<NV>(&b[j * ldb + c0..j * ldb + c0 + NV * L]);
         for (ai, r) in acc.iter_mut().zip(runs) {
@@ -434,10 +453,11 @@ mod tests {
     #[test]
     fn multi_channel_forward_matches_im2col() {
         let s = |h, w, cin, cout, k| ConvShape { h, w, cin, cout, k };
-        // LeNet-5's second layer at (3,9,4) and (20,50,100) sizes; 3 vectors of channels
+        // LeNet-5's first layer at 20 channels, its second at (3,9,4) and (20,50,100) sizes; 3 vectors of channels
         // plus 1 and plus 2 over 7×7 outputs (positions left over by every tile size); one
         // vector, one channel.
         for (i, sh) in [
+            s(28, 28, 1, 20, 5),
             s(12, 12, 3, 9, 5),
             s(12, 12, 20, 50, 5),
             s(9, 9, 2, 30, 3),
