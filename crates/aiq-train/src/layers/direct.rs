@@ -10,6 +10,7 @@
 //! - [`forward`] and [`backward_weights`], for a single input channel and fewer than 8
 //!   output channels (vectors of channels would be mostly idle): vectors run along an
 //!   output row instead, `x[oy+dy][ox+dx ..]` against each channel's weight.
+//!
 //! The kernels are compiled twice, for the baseline target and for AVX2 + FMA, and the clone
 //! is chosen at run time (`multiversion`); both are plain safe Rust that LLVM vectorizes.
 //! Sums run in a fixed order per image, so results do not depend on threads.
