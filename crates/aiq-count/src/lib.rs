@@ -5,7 +5,9 @@
 //! than the observations. The result, [`Counts`], holds each layer's distinct states sorted by
 //! value with their counts, and is written and read as the `AIQCOUNT` stream
 //! ([`write_counts`], [`read_counts`]). Counts of shards [`Counts::merge`] into the counts of
-//! the whole. [`count_npy`] counts activations exported from any framework.
+//! the whole. [`scan_any`] hands a stream's counts over a block at a time without keeping
+//! them, which is all a score needs. [`count_npy`] counts activations exported from any
+//! framework.
 //!
 //! ```
 //! use aiq_count::LayerCounter;
@@ -328,9 +330,9 @@ impl Counts {
 /// cut short is an error, never counted in part.
 ///
 /// With several threads, when the layers' estimated costs split evenly enough, each thread
-/// counts whole layers ([`count_by_layers`]): no table is duplicated and nothing is merged.
+/// counts whole layers (`count_by_layers`): no table is duplicated and nothing is merged.
 /// Otherwise one worker per thread counts whole chunks into its own counters, merged at the
-/// end ([`count_by_chunks`]). Either way each count is an exact integer sum, so the result
+/// end (`count_by_chunks`). Either way each count is an exact integer sum, so the result
 /// is the same for any thread count.
 pub fn count_states<R: Read + Send>(reader: StatesReader<R>) -> Result<Counts, IoError> {
     let header = reader.header().clone();
