@@ -26,6 +26,12 @@
 //!   whose activation (ELU) is fused into the layer, and any `BatchNormalization` is a
 //!   separate layer after it. A neuron is on iff its ELU output is > 0, which is also the
 //!   sign of its pre-activation.
+//! - **Narrow convolutions** (LeNet-5's, up to 64 output channels) run direct kernels
+//!   (`layers/direct.rs`) instead of im2col + GEMM, whose copies cost more than the
+//!   arithmetic at these widths; they are compiled for the baseline target and for
+//!   AVX2 + FMA and the clone is chosen at run time (the `multiversion` crate), so results
+//!   on an FMA machine differ in the last bits from a machine without — never with the
+//!   thread count.
 //! - **GEMM** goes through ndarray: matrixmultiply (pure Rust, AVX2/FMA chosen at run time)
 //!   by default, the system OpenBLAS with the `openblas` feature (Debian's
 //!   `libopenblas-dev`). Rayon already runs one shard per core, so give OpenBLAS one thread

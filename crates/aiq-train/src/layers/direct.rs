@@ -28,10 +28,13 @@ const L: usize = 8;
 const MAX_TAPS: usize = 64;
 const MAX_ROWS: usize = 32;
 
-/// Whether the direct kernels handle `s`: one input channel, output rows of 8, 16 or 24
-/// columns, at most [`MAX_TAPS`] taps and [`MAX_ROWS`] rows. Anything else goes through im2col.
+/// Whether the row kernels ([`forward`], [`backward_weights`]) handle `s`: one input
+/// channel, fewer than [`L`] output channels (each channel group re-reads the output
+/// gradient, so wide layers are left to the GEMM), output rows of 8, 16 or 24 columns, at
+/// most [`MAX_TAPS`] taps and [`MAX_ROWS`] rows.
 pub(crate) fn applies(s: &ConvShape) -> bool {
     s.cin == 1
+        && s.cout < L
         && s.ow().is_multiple_of(L)
         && (1..=3).contains(&(s.ow() / L))
         && s.k * s.k <= MAX_TAPS
@@ -489,16 +492,17 @@ mod tests {
     }
 
     #[test]
-    fn applies_only_to_single_channel_rows_of_whole_vectors() {
+    fn row_kernels_apply_to_narrow_single_channel_layers() {
         assert!(shapes().iter().all(applies));
         let lenet = ConvShape {
             h: 28,
             w: 28,
             cin: 1,
-            cout: 20,
+            cout: 7,
             k: 5,
         };
         assert!(applies(&lenet));
+        assert!(!applies(&ConvShape { cout: 8, ..lenet }));
         assert!(!applies(&ConvShape { cin: 2, ..lenet }));
         assert!(!applies(&ConvShape { w: 27, ..lenet }));
         assert!(!applies(&ConvShape { w: 36, ..lenet }));
