@@ -216,6 +216,15 @@ impl<'a> Records<'a> {
     }
 }
 
+/// A mask of the low `n` ≤ 8 bytes of a word.
+fn low_bytes(n: usize) -> u64 {
+    if n >= 8 {
+        u64::MAX
+    } else {
+        (1u64 << (8 * n)) - 1
+    }
+}
+
 /// `n` ≤ 8 little-endian bytes of `b` from `at`, as an integer: one unaligned 8-byte load
 /// and a mask when 8 bytes are there (every record but the block's last few).
 #[inline]
@@ -320,25 +329,41 @@ pub fn scan_counts_after_magic(
             }
             counts.clear();
             if nb <= 8 {
-                // States as integers: one load and a mask each, no branch per record.
+                // States as integers, checked without a branch per record.
                 let beyond = if lh.neurons < 64 {
                     !((1u64 << lh.neurons) - 1)
                 } else {
                     0
                 };
-                let mut stray_word = 0;
-                for at in (0..bytes.len()).step_by(rec) {
-                    let s = le_prefix(&bytes, at, nb);
-                    let count = le_prefix(&bytes, at + nb, cb);
-                    out_of_order |= prev_word.is_some_and(|p| p >= s);
-                    prev_word = Some(s);
+                let (state_mask, count_mask) = (low_bytes(nb), low_bytes(cb));
+                let (mut stray_word, mut sum, mut wrapped) = (0, total, false);
+                let mut first = prev_word.is_none();
+                let mut prev = prev_word.unwrap_or(0);
+                counts.resize(n as usize, 0);
+                let mut at = 0;
+                for count in counts.iter_mut() {
+                    // A record is at most 16 bytes: one 16-byte load where it fits (all but
+                    // the block's last record or so), field by field otherwise.
+                    let (s, c) = match bytes.get(at..at + 16) {
+                        Some(w) => {
+                            let w = u128::from_le_bytes(w.try_into().unwrap_or([0; 16]));
+                            ((w as u64) & state_mask, (w >> (8 * nb)) as u64 & count_mask)
+                        }
+                        None => (le_prefix(&bytes, at, nb), le_prefix(&bytes, at + nb, cb)),
+                    };
+                    out_of_order |= !first & (s <= prev);
+                    first = false;
+                    prev = s;
                     stray_word |= s & beyond;
-                    zero |= count == 0;
-                    let (sum, wrapped) = total.overflowing_add(count);
-                    total = sum;
-                    overflow |= wrapped;
-                    counts.push(count);
+                    zero |= c == 0;
+                    let (t, w) = sum.overflowing_add(c);
+                    sum = t;
+                    wrapped |= w;
+                    *count = c;
+                    at += rec;
                 }
+                (total, overflow) = (sum, overflow | wrapped);
+                prev_word = (!first).then_some(prev);
                 stray |= stray_word != 0;
             } else {
                 for at in (0..bytes.len()).step_by(rec) {
