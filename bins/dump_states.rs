@@ -105,6 +105,18 @@ fn run_chunk(
     (predictions, packed)
 }
 
+/// Writes computed chunks in order.
+fn write_chunks<W: Write>(
+    writer: &mut StatesWriter<W>,
+    chunks: Vec<(Vec<u8>, Vec<Vec<u64>>)>,
+) -> Result<(), aiq_io::IoError> {
+    for (predictions, packed) in chunks {
+        let refs: Vec<&[u64]> = packed.iter().map(Vec::as_slice).collect();
+        writer.write_chunk(&predictions, &refs)?;
+    }
+    Ok(())
+}
+
 fn main() {
     run_main("dump-states", || -> Result<(), Box<dyn Error>> {
         let args = Args::parse();
@@ -158,20 +170,25 @@ fn main() {
         let starts: Vec<usize> = (0..n).step_by(chunk).collect();
         // A few chunks per thread at a time: enough to keep every core busy, few enough
         // that the finished-but-unwritten chunks stay small.
+        // While the pool computes one group, this thread writes the one before.
         let batch = 2 * rayon::current_num_threads();
+        let mut ready: Vec<(Vec<u8>, Vec<Vec<u64>>)> = Vec::new();
         for group in starts.chunks(batch) {
-            let done: Vec<_> = group
-                .par_iter()
-                .map(|&start| {
-                    let images = split.images.slice(s![start..(start + chunk).min(n), ..]);
-                    run_chunk(&model, images, hidden.len())
-                })
-                .collect();
-            for (predictions, packed) in done {
-                let refs: Vec<&[u64]> = packed.iter().map(Vec::as_slice).collect();
-                writer.write_chunk(&predictions, &refs)?;
-            }
+            let (done, written) = std::thread::scope(|scope| {
+                let write = scope.spawn(|| write_chunks(&mut writer, std::mem::take(&mut ready)));
+                let done: Vec<_> = group
+                    .par_iter()
+                    .map(|&start| {
+                        let images = split.images.slice(s![start..(start + chunk).min(n), ..]);
+                        run_chunk(&model, images, hidden.len())
+                    })
+                    .collect();
+                (done, write.join())
+            });
+            written.map_err(|_| "the writing thread panicked")??;
+            ready = done;
         }
+        write_chunks(&mut writer, ready)?;
         writer.finish()?;
         out.flush()?;
         out.commit()?;
