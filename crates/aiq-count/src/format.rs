@@ -78,36 +78,51 @@ pub fn write_counts(w: &mut impl Write, counts: &Counts, name: &str) -> Result<(
             .collect(),
     };
     encode(w, &header, name)?;
+    let io = |e| IoError::io(name, e);
     let mut buf = Vec::with_capacity(BLOCK_BYTES + 64);
     for (l, lh) in counts.layers.iter().zip(&header.layers) {
         let nb = (l.neurons as usize).div_ceil(8);
         let cb = usize::from(lh.count_bytes);
-        // Whole words are appended and the vector cut back to the record's bytes: fixed-size
+        if nb <= 8 {
+            // State and count as one 16-byte word stored whole, the next record written over
+            // its spare bytes: one fixed-size store per record.
+            buf.resize(BLOCK_BYTES + 16, 0);
+            let mut at = 0;
+            for (&state, &count) in l.states.iter().zip(&l.counts) {
+                let record = u128::from(state) | u128::from(count) << (8 * nb);
+                buf[at..at + 16].copy_from_slice(&record.to_le_bytes());
+                at += nb + cb;
+                if at >= BLOCK_BYTES {
+                    w.write_all(&buf[..at]).map_err(io)?;
+                    at = 0;
+                }
+            }
+            w.write_all(&buf[..at]).map_err(io)?;
+            continue;
+        }
+        // Whole words are appended and the vector cut back to the field's bytes: fixed-size
         // copies rather than a variable-length one per field.
         let put = |buf: &mut Vec<u8>, x: u64, n: usize| {
             let at = buf.len();
             buf.extend_from_slice(&x.to_le_bytes());
             buf.truncate(at + n);
         };
+        buf.clear();
         for (state, &count) in l.states.chunks_exact(l.words()).zip(&l.counts) {
-            if nb + cb <= 8 {
-                // A one-word state and its count in one word (LeNet-5's conv1 and conv2).
-                put(&mut buf, state[0] | count << (8 * nb), nb + cb);
-            } else {
-                let mut left = nb;
-                for &word in state {
-                    put(&mut buf, word, left.min(8));
-                    left = left.saturating_sub(8);
-                }
-                put(&mut buf, count, cb);
+            let mut left = nb;
+            for &word in state {
+                put(&mut buf, word, left.min(8));
+                left = left.saturating_sub(8);
             }
+            put(&mut buf, count, cb);
             if buf.len() >= BLOCK_BYTES {
-                w.write_all(&buf).map_err(|e| IoError::io(name, e))?;
+                w.write_all(&buf).map_err(io)?;
                 buf.clear();
             }
         }
+        w.write_all(&buf).map_err(io)?;
     }
-    w.write_all(&buf).map_err(|e| IoError::io(name, e))
+    Ok(())
 }
 
 /// Reads a counts stream, magic included.
