@@ -99,7 +99,6 @@ fn forward_rows<const V: usize>(
                 // Read back from a copy: the loops below index it with run-time values,
                 // which would otherwise keep `acc` in memory during the taps.
                 let acc = std::hint::black_box(acc);
-                // Constant indices into `acc` (loops LLVM unrolls), so it stays in registers.
                 for (v, av) in yrow.chunks_exact_mut(L * cout).enumerate().take(V) {
                     for (l, out) in av.chunks_exact_mut(cout).enumerate() {
                         for (g, a) in acc.iter().enumerate().take(cn) {
@@ -254,10 +253,10 @@ fn lane_sum(v: &[f32; L]) -> f32 {
 }
 
 /// Whether [`forward_multi`] handles `s`: several input channels, or one and at least a
-/// vector of output channels (fewer would leave most lanes idle: [`forward`] takes those),
-/// at most [`MAX_VECS`] vectors of output channels, and room in the layer's im2col scratch (at least one image's
-/// worth, `oh·ow·kdim` floats) for the padded weights and bias, `(kdim + 1)` rows of
-/// `c_out` rounded up to [`L`].
+/// vector of output channels (fewer would leave most lanes idle: [`forward`] takes those);
+/// at most [`MAX_VECS`] vectors of output channels; and room in the layer's im2col scratch
+/// (at least one image's worth, `oh·ow·kdim` floats) for the padded weights and bias,
+/// `(kdim + 1)` rows of `c_out` rounded up to [`L`].
 pub(crate) fn applies_multi(s: &ConvShape) -> bool {
     let np = s.cout.div_ceil(L) * L;
     (s.cin > 1 || s.cout >= L)
@@ -269,8 +268,7 @@ pub(crate) fn applies_multi(s: &ConvShape) -> bool {
 /// enough columns for the im2col GEMM to pay.
 const MAX_VECS: usize = 8;
 
-/// `y = conv(x, w) + b` for `n` images of several channels (see [`applies_multi`]): an
-/// implicit GEMM. A tile of `P` output positions × `NV` vectors of output channels
+/// `y = conv(x, w) + b` for `n` images (see [`applies_multi`]): an implicit GEMM. A tile of `P` output positions × `NV` vectors of output channels
 /// accumulates in registers over the `k·k·c_in` kernel rows, each position's inputs read
 /// where they lie in the image (for each kernel row `dy`, one contiguous run of `k·c_in`
 /// floats) instead of being copied by im2col and packed again by the GEMM. `scratch` (the
