@@ -126,7 +126,7 @@ fn col2im_add(dcol: &[f32], imgs: usize, s: &ConvShape, dx: &mut [f32]) {
 }
 
 /// `y = conv(x, w) + b` for `n` images; `col` is scratch of at least `s.col_len(n)`.
-/// A single-channel input goes to the direct kernels where they apply.
+/// Narrow layers go to the direct kernels ([`direct::applies_multi`], [`direct::applies`]).
 pub(crate) fn forward(
     x: &[f32],
     w: &[f32],
