@@ -166,6 +166,13 @@ impl FromStr for SplitName {
     }
 }
 
+/// A pixel byte as the loaders give it: `b / 255` in `[0, 1]`. The one definition, so that
+/// code keeping pixels as bytes (the training batches do) gets the same floats back.
+#[inline(always)]
+pub fn pixel(b: u8) -> f32 {
+    f32::from(b) / 255.0
+}
+
 /// One split: images as rows of `rows·cols` pixels in `[0, 1]`, and their labels.
 #[derive(Debug, Clone)]
 pub struct Split {
@@ -272,12 +279,12 @@ fn split_from_idx(
             // EMNIST: out[r][c] = raw[c][r].
             for r in 0..rows {
                 for c in 0..cols {
-                    dst[r * cols + c] = f32::from(src[c * rows + r]) / 255.0;
+                    dst[r * cols + c] = pixel(src[c * rows + r]);
                 }
             }
         } else {
             for (d, &s) in dst.iter_mut().zip(src) {
-                *d = f32::from(s) / 255.0;
+                *d = pixel(s);
             }
         }
     }

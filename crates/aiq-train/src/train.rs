@@ -524,7 +524,7 @@ pub(crate) fn infer<'w>(
 }
 
 /// The training images as batches gather them. The data sets' pixels are bytes divided by
-/// 255, so when every value is exactly `f32::from(b) / 255.0` for some byte `b`, the images
+/// 255, so when every value is exactly [`aiq_data::pixel`] of some byte, the images
 /// are kept as those bytes and divided again as each batch copies them: the same floats bit
 /// for bit, from a quarter of the memory (MNIST's 47 MB of bytes nearly fit the cache, its
 /// 188 MB of floats do not, and a batch's images are scattered through them).
@@ -553,20 +553,14 @@ impl<'a> Pixels<'a> {
     }
 }
 
-/// What the data loader makes of a pixel byte.
-#[inline(always)]
-fn byte_pixel(b: u8) -> f32 {
-    f32::from(b) / 255.0
-}
-
-/// `bytes[i]` = the byte whose [`byte_pixel`] is `images[i]`, if every value has one.
+/// `bytes[i]` = the byte whose [`aiq_data::pixel`] is `images[i]`, if every value has one.
 #[multiversion::multiversion(targets("x86_64+avx2"))]
 fn to_bytes(images: &[f32], bytes: &mut [u8]) -> bool {
     let mut exact = true;
     for (b, &x) in bytes.iter_mut().zip(images) {
         // Saturating cast; whatever it gives, the check below decides.
         *b = (x * 255.0 + 0.5) as u8;
-        exact &= byte_pixel(*b).to_bits() == x.to_bits();
+        exact &= aiq_data::pixel(*b).to_bits() == x.to_bits();
     }
     exact
 }
@@ -574,7 +568,7 @@ fn to_bytes(images: &[f32], bytes: &mut [u8]) -> bool {
 #[multiversion::multiversion(targets("x86_64+avx2"))]
 fn expand_pixels(src: &[u8], dst: &mut [f32]) {
     for (d, &b) in dst.iter_mut().zip(src) {
-        *d = byte_pixel(b);
+        *d = aiq_data::pixel(b);
     }
 }
 
@@ -828,7 +822,7 @@ pub(crate) mod tests {
     #[test]
     fn byte_pixels_give_back_the_same_floats() {
         let bytes: Vec<f32> = (0..2 * INPUT)
-            .map(|i| byte_pixel((i * 7 % 256) as u8))
+            .map(|i| aiq_data::pixel((i * 7 % 256) as u8))
             .collect();
         let px = Pixels::new(&bytes);
         assert!(matches!(px, Pixels::Bytes(_)));

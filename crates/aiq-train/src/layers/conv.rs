@@ -50,30 +50,40 @@ impl ConvShape {
     }
 }
 
-/// im2col of `imgs` images starting at `x` into `col` (`imgs·oh·ow × kdim`).
-fn im2col(x: &[f32], imgs: usize, s: &ConvShape, col: &mut [f32]) {
+/// Walks the im2col layout of `imgs` images: for every output position (one im2col row)
+/// and kernel row `dy`, calls `f(at_col, at_x)` with where that run of `k·c_in` floats starts
+/// in the im2col matrix and in the input. [`im2col`] copies along it, [`col2im_add`] adds
+/// back along it.
+#[inline(always)]
+fn for_each_run(imgs: usize, s: &ConvShape, mut f: impl FnMut(usize, usize)) {
     let (oh, ow, k, c) = (s.oh(), s.ow(), s.k, s.cin);
-    let run = k * c;
-    let kdim = s.kdim();
-    let mut rows = col[..imgs * oh * ow * kdim].chunks_exact_mut(kdim);
-    for img in x[..imgs * s.in_size()].chunks_exact(s.in_size()) {
+    let mut at_col = 0;
+    for img in 0..imgs {
+        let base = img * s.in_size();
         for oy in 0..oh {
             for ox in 0..ow {
-                let row = rows.next().expect("im2col: row count");
                 for dy in 0..k {
-                    let start = ((oy + dy) * s.w + ox) * c;
-                    // An element loop, not copy_from_slice: runs are short (k·c_in floats)
-                    // and a memcpy call each costs more than the copy.
-                    for (d, v) in row[dy * run..(dy + 1) * run]
-                        .iter_mut()
-                        .zip(&img[start..start + run])
-                    {
-                        *d = *v;
-                    }
+                    f(at_col + dy * k * c, base + ((oy + dy) * s.w + ox) * c);
                 }
+                at_col += s.kdim();
             }
         }
     }
+}
+
+/// im2col of `imgs` images starting at `x` into `col` (`imgs·oh·ow × kdim`).
+fn im2col(x: &[f32], imgs: usize, s: &ConvShape, col: &mut [f32]) {
+    let run = s.k * s.cin;
+    for_each_run(imgs, s, |at_col, at_x| {
+        // An element loop, not copy_from_slice: runs are short (k·c_in floats) and a memcpy
+        // call each costs more than the copy.
+        for (d, v) in col[at_col..at_col + run]
+            .iter_mut()
+            .zip(&x[at_x..at_x + run])
+        {
+            *d = *v;
+        }
+    });
 }
 
 /// im2col of a single-channel input, stored transposed (`kdim × imgs·oh·ow`): each kernel
@@ -103,26 +113,15 @@ fn im2col_t(x: &[f32], imgs: usize, s: &ConvShape, colt: &mut [f32]) {
 
 /// Adds each im2col row of `dcol` back onto the input positions it was built from.
 fn col2im_add(dcol: &[f32], imgs: usize, s: &ConvShape, dx: &mut [f32]) {
-    let (oh, ow, k, c) = (s.oh(), s.ow(), s.k, s.cin);
-    let run = k * c;
-    let kdim = s.kdim();
-    let mut rows = dcol[..imgs * oh * ow * kdim].chunks_exact(kdim);
-    for img in dx[..imgs * s.in_size()].chunks_exact_mut(s.in_size()) {
-        for oy in 0..oh {
-            for ox in 0..ow {
-                let row = rows.next().expect("col2im: row count");
-                for dy in 0..k {
-                    let start = ((oy + dy) * s.w + ox) * c;
-                    for (d, v) in img[start..start + run]
-                        .iter_mut()
-                        .zip(&row[dy * run..(dy + 1) * run])
-                    {
-                        *d += v;
-                    }
-                }
-            }
+    let run = s.k * s.cin;
+    for_each_run(imgs, s, |at_col, at_x| {
+        for (d, v) in dx[at_x..at_x + run]
+            .iter_mut()
+            .zip(&dcol[at_col..at_col + run])
+        {
+            *d += v;
         }
-    }
+    });
 }
 
 /// `y = conv(x, w) + b` for `n` images; `col` is scratch of at least `s.col_len(n)`.
@@ -143,6 +142,11 @@ pub(crate) fn forward(
     } else {
         forward_im2col(x, w, b, n, s, col, y);
     }
+}
+
+/// Whether [`forward`] takes the im2col path for `s` (and so leaves the im2col in `col`).
+fn forward_uses_im2col(s: &ConvShape) -> bool {
+    !direct::applies_multi(s) && !direct::applies(s)
 }
 
 /// [`forward`] through im2col and GEMM, whatever the shape.
@@ -206,7 +210,7 @@ pub(crate) fn backward(
         direct::backward_weights(x, dy, n, s, dw, db);
     } else {
         // A direct forward pass leaves weights, not the im2col, in `col`.
-        let col_ready = col_ready && !direct::applies(s) && !direct::applies_multi(s);
+        let col_ready = col_ready && forward_uses_im2col(s);
         backward_im2col(x, w, dy, n, s, col, col_ready, dw, db, dx);
     }
 }

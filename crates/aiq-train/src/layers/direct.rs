@@ -28,6 +28,17 @@ const L: usize = 8;
 const MAX_TAPS: usize = 64;
 const MAX_ROWS: usize = 32;
 
+/// `a·b + c`, fused in the FMA clones (`fma` is the clone's constant, so the branch folds
+/// away); the baseline clones never call `mul_add`, which would be a library call there.
+#[inline(always)]
+fn madd(a: f32, b: f32, c: f32, fma: bool) -> f32 {
+    if fma {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
 /// Whether the row kernels ([`forward`], [`backward_weights`]) handle `s`: one input
 /// channel, fewer than [`L`] output channels (each channel group re-reads the output
 /// gradient, so wide layers are left to the GEMM), output rows of 8, 16 or 24 columns, at
@@ -123,7 +134,7 @@ fn madd_tile<const V: usize>(
     for (ag, &wg) in acc.iter_mut().zip(w) {
         for (av, xv) in ag.iter_mut().zip(xs) {
             for (a, &x) in av.iter_mut().zip(xv) {
-                *a = if fma { x.mul_add(wg, *a) } else { x * wg + *a };
+                *a = madd(x, wg, *a, fma);
             }
         }
     }
@@ -219,7 +230,7 @@ fn madd_rows<const V: usize>(
     for (ag, dg) in acc.iter_mut().zip(d) {
         for ((av, xv), dv) in ag.iter_mut().zip(xs).zip(dg) {
             for ((a, &x), &dl) in av.iter_mut().zip(xv).zip(dv) {
-                *a = if fma { x.mul_add(dl, *a) } else { x * dl + *a };
+                *a = madd(x, dl, *a, fma);
             }
         }
     }
@@ -398,11 +409,7 @@ fn panel<const P: usize, const NV: usize>(
             let a = r[j];
             for (av, bvv) in ai.iter_mut().zip(&bv) {
                 for (al, &bl) in av.iter_mut().zip(bvv) {
-                    *al = if fma {
-                        a.mul_add(bl, *al)
-                    } else {
-                        a * bl + *al
-                    };
+                    *al = madd(a, bl, *al, fma);
                 }
             }
         }
