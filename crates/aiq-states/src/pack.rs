@@ -12,7 +12,8 @@ pub const fn words_for(neurons: usize) -> usize {
 
 /// Packs one row of activations (one observed state) into `out`, which must hold exactly
 /// [`words_for`]`(row.len())` words.
-#[inline]
+// Always inlined: the AVX2 clone of `pack_flat` compiles it as its own.
+#[inline(always)]
 pub fn pack_row(row: &[f32], out: &mut [u64]) {
     debug_assert_eq!(out.len(), words_for(row.len()));
     for (word, values) in out.iter_mut().zip(row.chunks(64)) {
@@ -28,8 +29,18 @@ pub fn pack_row(row: &[f32], out: &mut [u64]) {
             bits |= byte << (8 * g);
         }
         let base = values.len() - rest.len();
-        for (i, &x) in rest.iter().enumerate() {
-            bits |= u64::from(on(x)) << (base + i);
+        if !rest.is_empty() && values.len() >= 8 {
+            // The last 8 values as one more vector group, overlapping the one before;
+            // only the bits of the `rest` values are kept.
+            let mut byte = 0u64;
+            for (i, &x) in values[values.len() - 8..].iter().enumerate() {
+                byte |= u64::from(on(x)) << i;
+            }
+            bits |= (byte >> (8 - rest.len())) << base;
+        } else {
+            for (i, &x) in rest.iter().enumerate() {
+                bits |= u64::from(on(x)) << (base + i);
+            }
         }
         *word = bits;
     }
@@ -124,6 +135,32 @@ mod tests {
         let mut w = [0u64; 1];
         pack_row(&row, &mut w);
         assert_eq!(w[0], 0b1110_0001);
+    }
+
+    /// Every row length up to three words, so every split into vector groups, overlapping
+    /// tail and scalar remainder: each bit is its neuron's state.
+    #[test]
+    fn every_row_length_packs_each_neuron() {
+        for n in 1..=192 {
+            let row: Vec<f32> = (0..n)
+                .map(|i| match (i * 7 + n) % 5 {
+                    0 => 1.5,
+                    1 => -0.0,
+                    2 => f32::NAN,
+                    3 => 1e-30,
+                    _ => -2.0,
+                })
+                .collect();
+            let mut out = vec![0u64; words_for(n)];
+            pack_row(&row, &mut out);
+            for (i, &x) in row.iter().enumerate() {
+                assert_eq!(is_on(&out, i), on(x), "row of {n}, neuron {i}");
+            }
+            if n % 64 != 0 {
+                let stray = out[n / 64] >> (n % 64);
+                assert_eq!(stray, 0, "row of {n}: bits past the last neuron");
+            }
+        }
     }
 
     #[test]

@@ -175,6 +175,27 @@ impl Model {
         images: ArrayView2<'_, f32>,
         tap: &mut dyn FnMut(usize, ArrayView2<'_, f32>),
     ) -> Array2<f32> {
+        self.infer(images, true, tap)
+    }
+
+    /// [`Self::forward_hidden`] for callers that only need the states: the tap's matrix
+    /// is positive exactly where the ELU output is (for a layer followed by pooling it is
+    /// the ELU's input, pooled before the ELU: a quarter of the ELUs). The same logits to
+    /// the bit.
+    pub fn forward_states(
+        &self,
+        images: ArrayView2<'_, f32>,
+        tap: &mut dyn FnMut(usize, ArrayView2<'_, f32>),
+    ) -> Array2<f32> {
+        self.infer(images, false, tap)
+    }
+
+    fn infer(
+        &self,
+        images: ArrayView2<'_, f32>,
+        exact_taps: bool,
+        tap: &mut dyn FnMut(usize, ArrayView2<'_, f32>),
+    ) -> Array2<f32> {
         let n = images.nrows();
         assert_eq!(
             images.ncols(),
@@ -189,6 +210,7 @@ impl Model {
             &self.state,
             &mut ws,
             images.as_slice().expect("standard layout"),
+            exact_taps,
             tap,
         );
         let logits = Array2::from_shape_vec((n, CLASSES), logits.to_vec()).expect("logits shape");
@@ -198,7 +220,7 @@ impl Model {
 
     /// Predicted class of each image (argmax of the logits, the first on ties).
     pub fn predict(&self, images: ArrayView2<'_, f32>) -> Vec<u8> {
-        let logits = self.forward_hidden(images, &mut |_, _| {});
+        let logits = self.forward_states(images, &mut |_, _| {});
         logits
             .rows()
             .into_iter()
@@ -291,6 +313,33 @@ mod tests {
             .unwrap();
         let err = Model::read_from(&mut other.as_slice(), "x").unwrap_err();
         assert!(matches!(err, TrainError::Model { .. }), "{err}");
+    }
+
+    /// `forward_states` (pooling before the ELU where it can) against `forward_hidden`:
+    /// the same logits to the bit, and taps positive in the same places.
+    #[test]
+    fn state_taps_give_the_states_and_logits_of_the_exact_taps() {
+        for (arch, widths, modifier) in [
+            (Arch::Lenet5, vec![4, 9, 5], Modifier::None),
+            (Arch::Lenet5, vec![3, 5, 4], Modifier::Dropout),
+            (Arch::Lenet5, vec![3, 5, 4], Modifier::Batchnorm),
+            (Arch::Lenet300, vec![6, 5], Modifier::None),
+        ] {
+            let (m, data) = trained(arch, widths, modifier);
+            let imgs = data.test.images.slice(s![..7, ..]);
+            let signs = |states: bool| {
+                let mut on: Vec<Vec<bool>> = vec![Vec::new(); 3];
+                let mut tap =
+                    |i: usize, a: ArrayView2<'_, f32>| on[i].extend(a.iter().map(|&v| v > 0.0));
+                let logits = if states {
+                    m.forward_states(imgs, &mut tap)
+                } else {
+                    m.forward_hidden(imgs, &mut tap)
+                };
+                (logits.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), on)
+            };
+            assert_eq!(signs(true), signs(false), "{arch} {modifier}");
+        }
     }
 
     #[test]

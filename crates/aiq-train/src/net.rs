@@ -459,6 +459,36 @@ impl Workspace {
         &self.outs[l][..self.n * net.layers[l].out_size]
     }
 
+    /// If layer `l` is an ELU whose output only reaches a max pooling (through nothing or a
+    /// dropout, a copy at inference), the index of that pooling layer.
+    pub fn pool_after_elu(net: &Net, l: usize) -> Option<usize> {
+        if !matches!(net.layers[l].op, Op::Elu) {
+            return None;
+        }
+        let mut p = l + 1;
+        while matches!(net.layers.get(p)?.op, Op::Dropout) {
+            p += 1;
+        }
+        matches!(net.layers[p].op, Op::Pool { .. }).then_some(p)
+    }
+
+    /// Inference of ELU layer `elu` and pooling layer `pool` (see [`Self::pool_after_elu`])
+    /// in the other order: pooling the ELU's input, then ELU on the quarter as many pooled
+    /// values. The same bits: the ELU is non-decreasing (checked over every negative
+    /// `f32`, see `elu::tests`), keeps NaN and never returns −0, so it commutes with the
+    /// first-maximum pooling. The ELU layer's own output is not computed.
+    pub fn pool_then_elu(&mut self, net: &Net, elu: usize, pool: usize) {
+        let n = self.n;
+        let Op::Pool { h, w, c } = net.layers[pool].op else {
+            unreachable!("pool_then_elu: layer {pool} is not a pooling layer")
+        };
+        let (before, after) = self.outs.split_at_mut(pool);
+        let x = &before[elu - 1][..n * net.layers[elu].in_size];
+        let y = &mut after[0][..n * net.layers[pool].out_size];
+        pool::forward(x, n, h, w, c, y, &mut self.arg[pool]);
+        elu::forward_in_place(y);
+    }
+
     /// Runs one step on this shard.
     pub fn step(&mut self, step: Step, ctx: &Ctx<'_>) {
         match step {

@@ -454,7 +454,7 @@ pub(crate) fn evaluate(
             let imgs = &images[c * EVAL_CHUNK * INPUT..(c * EVAL_CHUNK + labels.len()) * INPUT];
             let mut ws = pool.take(net, labels.len());
             let mut part = want.then(|| ActStats::new(net));
-            let logits = infer(net, params, state, &mut ws, imgs, &mut |hidden, m| {
+            let logits = infer(net, params, state, &mut ws, imgs, want, &mut |hidden, m| {
                 if let (Some(p), Some(xs)) = (part.as_mut(), m.as_slice()) {
                     p.add(hidden, xs);
                 }
@@ -483,12 +483,18 @@ pub(crate) fn evaluate(
 /// Runs `images` (rows of 784, at most `ws.cap()` of them) through the net in inference
 /// mode, calling `tap(hidden_index, state_matrix)` after each hidden layer's ELU; returns
 /// the logits, `n × 10`.
+///
+/// With `exact_taps` the tap sees the ELU's output. Without, an ELU followed by pooling
+/// runs after it instead ([`Workspace::pool_then_elu`]: a quarter of the ELUs, the same
+/// logits to the bit) and the tap sees the ELU's input, whose positive entries are the
+/// same (the ELU keeps the sign): enough for the states, not for activation statistics.
 pub(crate) fn infer<'w>(
     net: &Net,
     params: &[f32],
     state: &[f32],
     ws: &'w mut Workspace,
     images: &[f32],
+    exact_taps: bool,
     tap: &mut dyn FnMut(usize, ndarray::ArrayView2<'_, f32>),
 ) -> &'w [f32] {
     let n = images.len() / INPUT;
@@ -508,17 +514,29 @@ pub(crate) fn infer<'w>(
         batch: n,
     };
     let mut taps = net.taps.iter().enumerate().peekable();
-    for l in 0..net.layers.len() {
-        ws.step(Step::Fwd(l), &ctx);
+    let mut l = 0;
+    while l < net.layers.len() {
+        // The layer whose output holds the states, and the next layer to run.
+        let (shown, next) = match Workspace::pool_after_elu(net, l).filter(|_| !exact_taps) {
+            Some(p) => {
+                ws.pool_then_elu(net, l, p);
+                (l - 1, p + 1)
+            }
+            None => {
+                ws.step(Step::Fwd(l), &ctx);
+                (l, l + 1)
+            }
+        };
         if let Some(&(hidden, (at, info))) = taps.peek() {
             if *at == l {
                 let rows = n * info.states_per_input;
-                let m = ndarray::ArrayView2::from_shape((rows, info.neurons), ws.out(net, l))
+                let m = ndarray::ArrayView2::from_shape((rows, info.neurons), ws.out(net, shown))
                     .expect("tap shape");
                 tap(hidden, m);
                 taps.next();
             }
         }
+        l = next;
     }
     ws.out(net, net.logits_layer())
 }

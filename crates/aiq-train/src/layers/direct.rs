@@ -6,7 +6,9 @@
 //! tile of outputs in registers:
 //! - [`forward_multi`], an implicit GEMM: a tile of output positions × vectors of output
 //!   channels accumulates over the kernel rows, each position's inputs broadcast from the
-//!   image (for each kernel row, one contiguous run of `k·c_in` floats);
+//!   image (for each kernel row, one contiguous run of `k·c_in` floats); channels left over
+//!   from whole vectors go to tiles of output rows (vectors along the row) × channels, on
+//!   the image copied to channel planes, rather than to a mostly padded vector;
 //! - [`forward`] and [`backward_weights`], for a single input channel and fewer than 8
 //!   output channels (vectors of channels would be mostly idle): vectors run along an
 //!   output row instead, `x[oy+dy][ox+dx ..]` against each channel's weight.
@@ -279,11 +281,17 @@ pub(crate) fn applies_multi(s: &ConvShape) -> bool {
 /// enough columns for the im2col GEMM to pay.
 const MAX_VECS: usize = 8;
 
-/// `y = conv(x, w) + b` for `n` images (see [`applies_multi`]): an implicit GEMM. A tile of `P` output positions × `NV` vectors of output channels
-/// accumulates in registers over the `k·k·c_in` kernel rows, each position's inputs read
-/// where they lie in the image (for each kernel row `dy`, one contiguous run of `k·c_in`
-/// floats) instead of being copied by im2col and packed again by the GEMM. `scratch` (the
-/// layer's im2col buffer) holds the weights padded to whole vectors, bias last.
+/// `y = conv(x, w) + b` for `n` images (see [`applies_multi`]): an implicit GEMM, tiles of
+/// outputs accumulating in registers over the `k·k·c_in` kernel rows, inputs read where
+/// they lie instead of being copied by im2col and packed again by the GEMM.
+///
+/// Output channels go in vectors of [`L`] to [`tiles`] (positions × channel vectors). A
+/// remainder of fewer than [`L`] channels would pad a whole vector (LeNet-5's 50 channels:
+/// 56 lanes, the 7th vector 75% padding), so when there are several input channels and the
+/// rows hold a vector, it goes to [`plane_tiles`] instead (vectors along output rows, no
+/// padding), which sum in the same order: the same bits either way. `scratch` (the layer's
+/// im2col buffer) holds the weights padded to whole vectors, bias last, then the image in
+/// channel planes for the plane tiles.
 pub(crate) fn forward_multi(
     x: &[f32],
     w: &[f32],
@@ -293,22 +301,55 @@ pub(crate) fn forward_multi(
     scratch: &mut [f32],
     y: &mut [f32],
 ) {
-    let (kdim, cout) = (s.kdim(), s.cout);
-    let np = cout.div_ceil(L) * L;
-    let wp = &mut scratch[..(kdim + 1) * np];
-    for (dst, src) in wp.chunks_exact_mut(np).zip(w.chunks_exact(cout).chain([b])) {
-        dst[..cout].copy_from_slice(src);
-        dst[cout..].fill(0.0);
+    let planes = s.cin > 1
+        && s.ow() >= L
+        && !s.cout.is_multiple_of(L)
+        && (s.kdim() + 1) * (s.cout / L * L) + s.in_size() <= s.oh() * s.ow() * s.kdim();
+    forward_multi_with(x, w, b, n, s, scratch, y, planes);
+}
+
+/// [`forward_multi`], the remainder channels to the plane tiles or not.
+#[allow(clippy::too_many_arguments)]
+fn forward_multi_with(
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    n: usize,
+    s: &ConvShape,
+    scratch: &mut [f32],
+    y: &mut [f32],
+    planes: bool,
+) {
+    let (kdim, cout, cin) = (s.kdim(), s.cout, s.cin);
+    // Channels in vectors: the padded weights' row length.
+    let np = if planes {
+        cout / L * L
+    } else {
+        cout.div_ceil(L) * L
+    };
+    let (wp, xt) = scratch.split_at_mut((kdim + 1) * np);
+    if np > 0 {
+        for (dst, src) in wp.chunks_exact_mut(np).zip(w.chunks_exact(cout).chain([b])) {
+            let m = np.min(cout);
+            dst[..m].copy_from_slice(&src[..m]);
+            dst[m..].fill(0.0);
+        }
     }
     let wp = &*wp;
+    let plane = s.h * s.w;
     let pos = s.oh() * s.ow();
     let images = x
         .chunks_exact(s.in_size())
         .zip(y.chunks_exact_mut(s.out_size()));
     for (img, yi) in images.take(n) {
         let mut v0 = 0;
-        // Three vectors at a time, then what is left with more positions per tile, so the
-        // accumulators and the positions' pointers still fit the registers.
+        // Six vectors at a time (2 positions: 12 accumulators, enough chains to hide the
+        // multiply-add latency), then three, then what is left with more positions per
+        // tile, so the accumulators and the positions' pointers still fit the registers.
+        while np - v0 * L >= 6 * L {
+            tiles::<2, 6>(img, s, wp, np, v0, pos, yi);
+            v0 += 6;
+        }
         while np - v0 * L >= 3 * L {
             tiles::<3, 3>(img, s, wp, np, v0, pos, yi);
             v0 += 3;
@@ -316,6 +357,26 @@ pub(crate) fn forward_multi(
         match np / L - v0 {
             2 => tiles::<5, 2>(img, s, wp, np, v0, pos, yi),
             1 => tiles::<8, 1>(img, s, wp, np, v0, pos, yi),
+            _ => {}
+        }
+        if !planes {
+            continue;
+        }
+        let xt = &mut xt[..s.in_size()];
+        for (p, px) in img.chunks_exact(cin).enumerate() {
+            for (c, &v) in px.iter().enumerate() {
+                xt[c * plane + p] = v;
+            }
+        }
+        let xt = &*xt;
+        let mut c0 = np;
+        while cout - c0 >= G {
+            plane_tiles::<G>(xt, w, b, s, c0, yi);
+            c0 += G;
+        }
+        match cout - c0 {
+            2 => plane_tiles::<2>(xt, w, b, s, c0, yi),
+            1 => plane_tiles::<1>(xt, w, b, s, c0, yi),
             _ => {}
         }
     }
@@ -372,6 +433,114 @@ fn tile<const P: usize, const NV: usize>(
     store_rows(&std::hint::black_box(acc), y, p0, pos - p0, cout, c0);
 }
 
+/// Output rows per [`plane_tile`]: 4 rows × 3 channels of accumulators, the 3 weights and
+/// an input vector fill the 16 vector registers. Each step of a tile is 4 input-row loads
+/// and 3 weight broadcasts for 12 multiply-adds, on `c_in` planes of `h·w` (a row's inputs
+/// contiguous).
+const ROWS: usize = 4;
+
+/// All tiles of one image for output channels `c0..c0 + C`: [`ROWS`] output rows at a time
+/// (the last tile repeats the last row and stores only the real ones), one vector of
+/// columns at a time (the last vector ends at the row's end, overlapping the one before,
+/// whose columns it does not store again).
+fn plane_tiles<const C: usize>(
+    xt: &[f32],
+    w: &[f32],
+    b: &[f32],
+    s: &ConvShape,
+    c0: usize,
+    y: &mut [f32],
+) {
+    let ow = s.ow();
+    for y0 in (0..s.oh()).step_by(ROWS) {
+        for x0 in (0..ow).step_by(L) {
+            plane_tile::<C>(xt, w, b, s, c0, y0, x0.min(ow - L), x0, y);
+        }
+    }
+}
+
+/// One tile: output rows `y0..y0 + ROWS` (as far as they go), columns `x0..x0 + L` of
+/// which those from `from` are stored, channels `c0..c0 + C`.
+#[allow(clippy::too_many_arguments)]
+#[multiversion(targets("x86_64+avx2+fma"))]
+fn plane_tile<const C: usize>(
+    xt: &[f32],
+    w: &[f32],
+    b: &[f32],
+    s: &ConvShape,
+    c0: usize,
+    y0: usize,
+    x0: usize,
+    from: usize,
+    y: &mut [f32],
+) {
+    let fma = multiversion::target::target_cfg_f!(target_feature = "fma");
+    let (k, cin, wd, oh, ow, cout) = (s.k, s.cin, s.w, s.oh(), s.ow(), s.cout);
+    let plane = s.h * wd;
+    let mut acc = [[[0.0f32; L]; C]; ROWS];
+    for ar in acc.iter_mut() {
+        for (c, a) in ar.iter_mut().enumerate() {
+            *a = [b[c0 + c]; L];
+        }
+    }
+    // Where each tile row's inputs start in a channel plane.
+    let mut at = [0; ROWS];
+    for (r, a) in at.iter_mut().enumerate() {
+        *a = (y0 + r).min(oh - 1) * wd + x0;
+    }
+    // One kernel offset (dy, dx) at a time: `c_in` weight rows against each tile row's
+    // inputs at that offset in every channel plane.
+    let run = (cin - 1) * plane + L;
+    for (t, wt) in w[..s.kdim() * cout].chunks_exact(cin * cout).enumerate() {
+        let off = t / k * wd + t % k;
+        let mut rows: [&[f32]; ROWS] = [&[]; ROWS];
+        for (row, &a) in rows.iter_mut().zip(&at) {
+            *row = &xt[a + off..a + off + run];
+        }
+        acc = plane_panel(acc, &rows, wt, cout, c0, plane, fma);
+    }
+    for (r, ar) in std::hint::black_box(acc).iter().enumerate().take(oh - y0) {
+        let row = &mut y[(y0 + r) * ow * cout..(y0 + r + 1) * ow * cout];
+        for (c, av) in ar.iter().enumerate() {
+            for (l, &v) in av.iter().enumerate().skip(from - x0) {
+                row[(x0 + l) * cout + c0 + c] = v;
+            }
+        }
+    }
+}
+
+/// `acc[r][c] += Σ_ci rows[r][ci·plane ..][..L] · wt[ci·cout + c0 + c]`: one kernel
+/// offset of a [`plane_tile`], over the input channels. Inlined into the multiversioned
+/// caller, with the accumulators passed by value so that they stay in registers.
+#[inline(always)]
+fn plane_panel<const C: usize>(
+    mut acc: [[[f32; L]; C]; ROWS],
+    rows: &[&[f32]; ROWS],
+    wt: &[f32],
+    cout: usize,
+    c0: usize,
+    plane: usize,
+    fma: bool,
+) -> [[[f32; L]; C]; ROWS] {
+    for (ci, wr) in wt.chunks_exact(cout).enumerate() {
+        // Each weight splat to a vector straight from memory (a broadcast load, no shuffle).
+        let mut wv = [[0.0f32; L]; C];
+        for (v, &x) in wv.iter_mut().zip(&wr[c0..c0 + C]) {
+            *v = [x; L];
+        }
+        let o = ci * plane;
+        for (ar, row) in acc.iter_mut().zip(rows) {
+            let xv: [f32; L] = row[o..o + L].try_into().expect("a vector");
+            for (av, wc) in ar.iter_mut().zip(&wv) {
+                for ((al, &xl), &w) in av.iter_mut().zip(&xv).zip(wc) {
+                    *al = madd(xl, w, *al, fma);
+                }
+            }
+        }
+    }
+    acc
+}
+
 /// `NV` vectors from the front of `s`.
 #[inline(always)]
 fn vectors<const NV: usize>(s: &[f32]) -> [[f32; L]; NV] {
@@ -404,11 +573,16 @@ fn panel<const P: usize, const NV: usize>(
     }
     let runs = cut;
     for j in 0..k {
-        let bv = vectors::<NV>(&b[j * ldb + c0..j * ldb + c0 + NV * L]);
-        for (ai, r) in acc.iter_mut().zip(runs) {
-            let a = r[j];
-            for (av, bvv) in ai.iter_mut().zip(&bv) {
-                for (al, &bl) in av.iter_mut().zip(bvv) {
+        // The P inputs broadcast, then one weight vector at a time against all of them:
+        // P + 1 registers beside the accumulators, whatever NV.
+        let mut a = [0.0f32; P];
+        for (a, r) in a.iter_mut().zip(runs) {
+            *a = r[j];
+        }
+        let row = &b[j * ldb + c0..j * ldb + c0 + NV * L];
+        for (v, bv) in row.chunks_exact(L).enumerate() {
+            for (ai, &a) in acc.iter_mut().zip(&a) {
+                for (al, &bl) in ai[v].iter_mut().zip(bv) {
                     *al = madd(a, bl, *al, fma);
                 }
             }
@@ -432,9 +606,14 @@ fn store_rows<const P: usize, const NV: usize>(
         let out = &mut y[(r0 + i) * cols..(r0 + i + 1) * cols];
         for (v, av) in ai.iter().enumerate() {
             let c = c0 + v * L;
-            if c < cols {
-                let m = L.min(cols - c);
-                out[c..c + m].copy_from_slice(&av[..m]);
+            // A whole vector as one fixed-size store (a variable length is a memcpy call).
+            if c + L <= cols {
+                out[c..c + L].copy_from_slice(av);
+            } else if c < cols {
+                // Lane by lane: a few floats, where a memcpy call would cost more.
+                for (o, &v) in out[c..].iter_mut().zip(av) {
+                    *o = std::hint::black_box(v);
+                }
             }
         }
     }
@@ -494,6 +673,38 @@ mod tests {
         // No room for the padded weights in one image's scratch, or too many channels.
         assert!(!applies_multi(&s(5, 5, 2, 30, 5)));
         assert!(!applies_multi(&s(12, 12, 20, 72, 5)));
+    }
+
+    /// Remainder channels in plane tiles or in a padded channel vector: the same order of
+    /// sums, the same bits, on the LeNet-5 second layers and on shapes with partial tiles
+    /// of rows, columns and channels.
+    #[test]
+    fn remainder_channels_in_planes_give_the_same_bits() {
+        let s = |h, w, cin, cout, k| ConvShape { h, w, cin, cout, k };
+        for (i, sh) in [
+            s(12, 12, 3, 9, 5),
+            s(12, 12, 20, 50, 5),
+            s(15, 13, 2, 7, 3),
+            s(10, 20, 5, 2, 3),
+            s(10, 20, 5, 12, 3),
+            s(14, 14, 6, 63, 5),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let n = 2;
+            let mut g = rng(60 + i as u64);
+            let x = uniform(&mut g, n * sh.in_size(), -1.0, 1.0);
+            let w = uniform(&mut g, sh.kdim() * sh.cout, -1.0, 1.0);
+            let b = uniform(&mut g, sh.cout, -1.0, 1.0);
+            let mut col = vec![0.0; sh.col_len(n)];
+            let mut want = vec![f32::NAN; n * sh.out_size()];
+            forward_multi_with(&x, &w, &b, n, &sh, &mut col, &mut want, false);
+            let mut y = vec![f32::NAN; n * sh.out_size()];
+            forward_multi_with(&x, &w, &b, n, &sh, &mut col, &mut y, true);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&y), bits(&want), "{sh:?}");
+        }
     }
 
     #[test]
