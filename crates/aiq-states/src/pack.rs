@@ -18,25 +18,16 @@ pub fn pack_row(row: &[f32], out: &mut [u64]) {
     debug_assert_eq!(out.len(), words_for(row.len()));
     for (word, values) in out.iter_mut().zip(row.chunks(64)) {
         let mut bits = 0u64;
-        // Groups of 8 compile to one vector compare and a mask move.
         let groups = values.chunks_exact(8);
         let rest = groups.remainder();
         for (g, v) in groups.enumerate() {
-            let mut byte = 0u64;
-            for (i, &x) in v.iter().enumerate() {
-                byte |= u64::from(on(x)) << i;
-            }
-            bits |= byte << (8 * g);
+            bits |= group_bits(v) << (8 * g);
         }
         let base = values.len() - rest.len();
         if !rest.is_empty() && values.len() >= 8 {
-            // The last 8 values as one more vector group, overlapping the one before;
-            // only the bits of the `rest` values are kept.
-            let mut byte = 0u64;
-            for (i, &x) in values[values.len() - 8..].iter().enumerate() {
-                byte |= u64::from(on(x)) << i;
-            }
-            bits |= (byte >> (8 - rest.len())) << base;
+            // The last 8 values as one more group, overlapping the one before; only the
+            // bits of the `rest` values are kept.
+            bits |= (group_bits(&values[values.len() - 8..]) >> (8 - rest.len())) << base;
         } else {
             for (i, &x) in rest.iter().enumerate() {
                 bits |= u64::from(on(x)) << (base + i);
@@ -44,6 +35,18 @@ pub fn pack_row(row: &[f32], out: &mut [u64]) {
         }
         *word = bits;
     }
+}
+
+/// The states of 8 values as the low 8 bits: one vector compare makes 8 bytes of 0 or 1,
+/// and one multiplication gathers them (byte `i`'s bit lands at bit `56 + i`; no partial
+/// products overlap), where bit-by-bit shifts and ors compiled to a long shuffle chain.
+#[inline(always)]
+fn group_bits(v: &[f32]) -> u64 {
+    let mut bytes = [0u8; 8];
+    for (b, &x) in bytes.iter_mut().zip(&v[..8]) {
+        *b = u8::from(on(x));
+    }
+    u64::from_le_bytes(bytes).wrapping_mul(0x0102_0408_1020_4080) >> 56
 }
 
 /// The state rule for one neuron: on iff its output is `> 0`, false for NaN, 0.0 and -0.0.

@@ -394,8 +394,22 @@ fn tiles<const P: usize, const NV: usize>(
     pos: usize,
     y: &mut [f32],
 ) {
+    // Where each position's inputs start in the image, position by position (a division
+    // per position cost as much as conv1's multiply-adds); past the end, the last one.
+    let (mut oy, mut ox, mut last) = (0, 0, 0);
     for p0 in (0..pos).step_by(P) {
-        tile::<P, NV>(img, s, wp, np, v0, p0, pos, y);
+        let mut at = [0; P];
+        for (i, a) in at.iter_mut().enumerate() {
+            if p0 + i < pos {
+                last = (oy * s.w + ox) * s.cin;
+                ox += 1;
+                if ox == s.ow() {
+                    (oy, ox) = (oy + 1, 0);
+                }
+            }
+            *a = last;
+        }
+        tile::<P, NV>(img, s, wp, np, v0, p0, &at, pos, y);
     }
 }
 
@@ -408,24 +422,19 @@ fn tile<const P: usize, const NV: usize>(
     np: usize,
     v0: usize,
     p0: usize,
+    at: &[usize; P],
     pos: usize,
     y: &mut [f32],
 ) {
     let fma = multiversion::target::target_cfg_f!(target_feature = "fma");
-    let (k, cin, ow, cout) = (s.k, s.cin, s.ow(), s.cout);
+    let (k, cin, cout) = (s.k, s.cin, s.cout);
     let run = k * cin;
     let c0 = v0 * L;
     let mut acc = [vectors::<NV>(&wp[s.kdim() * np + c0..]); P];
-    // Where each position's inputs start in the image.
-    let mut at = [0; P];
-    for (i, a) in at.iter_mut().enumerate() {
-        let p = (p0 + i).min(pos - 1);
-        *a = (p / ow * s.w + p % ow) * cin;
-    }
     for dy in 0..k {
         // Each position's run of inputs for kernel row `dy`.
         let mut runs: [&[f32]; P] = [&[]; P];
-        for (r, &a) in runs.iter_mut().zip(&at) {
+        for (r, &a) in runs.iter_mut().zip(at) {
             *r = &img[a + dy * s.w * cin..a + dy * s.w * cin + run];
         }
         acc = panel(acc, &runs, &wp[dy * run * np..], np, c0, fma);
