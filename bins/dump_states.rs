@@ -10,12 +10,12 @@ use std::error::Error;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
-use aiq_data::{load_split, DatasetKind, SplitName};
+use aiq_data::{load_split_bytes, pixel, DatasetKind, SplitName};
 use aiq_io::{run_main, Input, Output, Provenance};
 use aiq_states::{pack_rows, LayerSpec, ModelIdentity, StatesHeader, StatesWriter};
 use aiq_train::Model;
 use clap::Parser;
-use ndarray::{s, ArrayView2};
+use ndarray::ArrayView2;
 use rayon::prelude::*;
 
 #[derive(Debug, Parser)]
@@ -89,24 +89,21 @@ fn argmax(row: impl IntoIterator<Item = f32>) -> u8 {
     best.0 as u8
 }
 
-/// Images per forward pass: LeNet-5's first layer then writes 8 × 46 KB, which stays in
-/// a core's L2 cache for the pooling and packing that read it next.
-const PASS_IMAGES: usize = 8;
-
 /// One chunk through the model: predictions and each hidden layer's packed states.
-fn run_chunk(
-    model: &Model,
-    images: ArrayView2<'_, f32>,
-    layers: usize,
-) -> (Vec<u8>, Vec<Vec<u64>>) {
+/// `pixels` are the chunk's image bytes, made floats here, a chunk at a time: the whole
+/// split as floats would be 31 MB of fresh memory for MNIST's test set, filled on the main
+/// thread before any work starts.
+fn run_chunk(model: &Model, pixels: &[u8], layers: usize) -> (Vec<u8>, Vec<Vec<u64>>) {
+    let floats: Vec<f32> = pixels.iter().map(|&b| pixel(b)).collect();
+    let images =
+        ArrayView2::from_shape((pixels.len() / (28 * 28), 28 * 28), &floats).expect("whole images");
     let mut packed = vec![Vec::new(); layers];
-    let mut predictions = Vec::with_capacity(images.nrows());
-    // A few images per pass, so that each layer's output is still in cache when the next
-    // layer, the pooling and the packing read it.
-    for part in images.axis_chunks_iter(ndarray::Axis(0), PASS_IMAGES) {
-        let logits = model.forward_states(part, &mut |i, acts| pack_rows(acts, &mut packed[i]));
-        predictions.extend(logits.rows().into_iter().map(|r| argmax(r.iter().copied())));
-    }
+    let logits = model.forward_states(images, &mut |i, acts| pack_rows(acts, &mut packed[i]));
+    let predictions = logits
+        .rows()
+        .into_iter()
+        .map(|r| argmax(r.iter().copied()))
+        .collect();
     (predictions, packed)
 }
 
@@ -137,8 +134,8 @@ fn main() {
         let (model_name, mut model_reader) = Input::open(Some(&args.model))?.into_parts();
         let model = Model::read_from(&mut model_reader, &model_name)?;
         let dataset = args.dataset.unwrap_or(model.meta().dataset);
-        let split = load_split(&args.data, dataset, args.split)?;
-        if split.images.ncols() != 28 * 28 {
+        let split = load_split_bytes(&args.data, dataset, args.split)?;
+        if split.rows * split.cols != 28 * 28 {
             return Err(format!(
                 "{}: {dataset} images are {}x{} pixels; the model takes 28x28",
                 args.data.display(),
@@ -184,8 +181,8 @@ fn main() {
                 let done: Vec<_> = group
                     .par_iter()
                     .map(|&start| {
-                        let images = split.images.slice(s![start..(start + chunk).min(n), ..]);
-                        run_chunk(&model, images, hidden.len())
+                        let images = start * 28 * 28..(start + chunk).min(n) * 28 * 28;
+                        run_chunk(&model, &split.pixels[images], hidden.len())
                     })
                     .collect();
                 (done, write.join())

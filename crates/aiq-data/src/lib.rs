@@ -213,6 +213,36 @@ pub fn load(dir: &Path, kind: DatasetKind) -> Result<Dataset, DataError> {
 /// Loads one split of `kind` from `dir`, accepting `NAME-images-idx3-ubyte` and
 /// `NAME-images.idx3-ubyte`, raw or with `.gz`.
 pub fn load_split(dir: &Path, kind: DatasetKind, split: SplitName) -> Result<Split, DataError> {
+    let bytes = load_split_bytes(dir, kind, split)?;
+    let pixels = bytes.rows * bytes.cols;
+    let images = bytes.pixels.iter().map(|&b| pixel(b)).collect();
+    Ok(Split {
+        images: Array2::from_shape_vec((bytes.labels.len(), pixels), images)
+            .expect("one row per label"),
+        labels: bytes.labels,
+        rows: bytes.rows,
+        cols: bytes.cols,
+    })
+}
+
+/// One split with its pixels as the bytes they are stored as (a quarter of the memory of
+/// [`Split`]'s floats): for callers that convert a few images at a time with [`pixel`].
+#[derive(Debug, Clone)]
+pub struct SplitBytes {
+    /// `n·rows·cols` bytes, image after image, in [`Split::images`]'s order (EMNIST
+    /// already transposed).
+    pub pixels: Vec<u8>,
+    pub labels: Vec<u8>,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+/// [`load_split`], the pixels left as bytes.
+pub fn load_split_bytes(
+    dir: &Path,
+    kind: DatasetKind,
+    split: SplitName,
+) -> Result<SplitBytes, DataError> {
     let stem = kind.stem(split);
     let images_path = find(dir, stem, "images", 3)?;
     let labels_path = find(dir, stem, "labels", 1)?;
@@ -228,7 +258,7 @@ fn split_from_idx(
     images_path: &Path,
     labels: Idx,
     labels_path: &Path,
-) -> Result<Split, DataError> {
+) -> Result<SplitBytes, DataError> {
     let shape_err = |path: &Path, expected: &str, dims: &[usize]| DataError::Shape {
         path: path.to_path_buf(),
         expected: expected.to_string(),
@@ -267,29 +297,25 @@ fn split_from_idx(
             label,
         });
     }
-    let pixels = rows * cols;
-    let mut out = Array2::<f32>::zeros((n, pixels));
-    for (dst, src) in out
-        .rows_mut()
-        .into_iter()
-        .zip(images.data.chunks_exact(pixels))
-    {
-        let dst = dst.into_slice().expect("fresh array rows are contiguous");
-        if kind.transposed() {
-            // EMNIST: out[r][c] = raw[c][r].
+    let pixels = if kind.transposed() {
+        // EMNIST: out[r][c] = raw[c][r].
+        let mut out = vec![0u8; images.data.len()];
+        for (dst, src) in out
+            .chunks_exact_mut(rows * cols)
+            .zip(images.data.chunks_exact(rows * cols))
+        {
             for r in 0..rows {
                 for c in 0..cols {
-                    dst[r * cols + c] = pixel(src[c * rows + r]);
+                    dst[r * cols + c] = src[c * rows + r];
                 }
             }
-        } else {
-            for (d, &s) in dst.iter_mut().zip(src) {
-                *d = pixel(s);
-            }
         }
-    }
-    Ok(Split {
-        images: out,
+        out
+    } else {
+        images.data
+    };
+    Ok(SplitBytes {
+        pixels,
         labels: labels.data,
         rows,
         cols,
@@ -381,6 +407,13 @@ mod tests {
         let m = load_split(dir.path(), DatasetKind::Mnist, SplitName::Test).unwrap();
         assert_eq!(m.images[[0, 1]], f32::from(raw[1]) / 255.0);
         assert_ne!(m.images, s.images);
+        // The bytes route gives the same pixels, transposed back too.
+        for (kind, split) in [(DatasetKind::EmnistDigits, &s), (DatasetKind::Mnist, &m)] {
+            let b = load_split_bytes(dir.path(), kind, SplitName::Test).unwrap();
+            let floats: Vec<f32> = b.pixels.iter().map(|&p| pixel(p)).collect();
+            assert_eq!(floats, split.images.as_slice().unwrap(), "{kind}");
+            assert_eq!((b.labels.as_slice(), b.rows, b.cols), (&[4u8][..], 28, 28));
+        }
     }
 
     #[test]

@@ -71,14 +71,51 @@ pub fn pack_rows(acts: ArrayView2<'_, f32>, out: &mut Vec<u64>) {
     }
 }
 
-/// [`pack_rows`] of a standard-layout matrix, compiled for AVX2 too (chosen at run time):
-/// the compares and mask moves of [`pack_row`] then take eight neurons at a time.
+/// [`pack_rows`] of a standard-layout matrix. On x86-64 with AVX (chosen at run time),
+/// each group of 8 neurons is one vector compare and one mask move: LLVM does not find
+/// that instruction in the portable code, which it compiles to long shuffle chains.
 #[multiversion::multiversion(targets("x86_64+avx2"))]
 fn pack_flat(flat: &[f32], neurons: usize, dest: &mut [u64]) {
-    let words = words_for(neurons);
-    for (row, w) in flat.chunks_exact(neurons).zip(dest.chunks_exact_mut(words)) {
-        pack_row(row, w);
+    #[multiversion::target::target_cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    #[target_feature(enable = "avx")]
+    fn rows(flat: &[f32], neurons: usize, dest: &mut [u64]) {
+        use std::arch::x86_64::{_mm256_cmp_ps, _mm256_movemask_ps, _mm256_setr_ps};
+        use std::arch::x86_64::{_mm256_setzero_ps, _CMP_GT_OQ};
+        // Bit i of the result: v[i] > 0 (false for NaN, ±0), as `on`.
+        let group = |v: &[f32]| {
+            let x = _mm256_setr_ps(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]);
+            let gt = _mm256_cmp_ps::<_CMP_GT_OQ>(x, _mm256_setzero_ps());
+            u64::from(_mm256_movemask_ps(gt) as u8)
+        };
+        let words = words_for(neurons);
+        for (row, out) in flat.chunks_exact(neurons).zip(dest.chunks_exact_mut(words)) {
+            for (word, values) in out.iter_mut().zip(row.chunks(64)) {
+                let groups = values.chunks_exact(8);
+                let rest = groups.remainder().len();
+                let mut bits = 0u64;
+                for (g, v) in groups.enumerate() {
+                    bits |= group(v) << (8 * g);
+                }
+                let base = values.len() - rest;
+                if rest > 0 && values.len() >= 8 {
+                    bits |= (group(&values[values.len() - 8..]) >> (8 - rest)) << base;
+                } else {
+                    for (i, &x) in values[base..].iter().enumerate() {
+                        bits |= u64::from(on(x)) << (base + i);
+                    }
+                }
+                *word = bits;
+            }
+        }
     }
+    #[multiversion::target::target_cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+    fn rows(flat: &[f32], neurons: usize, dest: &mut [u64]) {
+        let words = words_for(neurons);
+        for (row, w) in flat.chunks_exact(neurons).zip(dest.chunks_exact_mut(words)) {
+            pack_row(row, w);
+        }
+    }
+    rows(flat, neurons, dest);
 }
 
 fn pack_strided(acts: ArrayView2<'_, f32>, dest: &mut [u64]) {
@@ -159,6 +196,18 @@ mod tests {
             for (i, &x) in row.iter().enumerate() {
                 assert_eq!(is_on(&out, i), on(x), "row of {n}, neuron {i}");
             }
+            // The same rows through pack_rows (its AVX clone on such a machine): three
+            // rows, the row and its reverse and the row again.
+            let rev: Vec<f32> = row.iter().rev().copied().collect();
+            let flat = [&row[..], &rev[..], &row[..]].concat();
+            let mut packed = Vec::new();
+            pack_rows(ArrayView2::from_shape((3, n), &flat).unwrap(), &mut packed);
+            let mut want = out.clone();
+            let mut back = vec![0u64; words_for(n)];
+            pack_row(&rev, &mut back);
+            want.extend(&back);
+            want.extend(&out);
+            assert_eq!(packed, want, "rows of {n}");
             if n % 64 != 0 {
                 let stray = out[n / 64] >> (n % 64);
                 assert_eq!(stray, 0, "row of {n}: bits past the last neuron");
