@@ -82,6 +82,10 @@ fn npy_counts(args: &Args) -> Result<Counts, Box<dyn Error>> {
     })
 }
 
+/// mimalloc keeps freed pages for the next allocation (see the workspace manifest).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     run_main("count-states", || {
         let args = Args::parse();

@@ -123,6 +123,10 @@ fn write_chunks<W: Write>(
     Ok(())
 }
 
+/// mimalloc keeps freed pages for the next allocation (see the workspace manifest).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     run_main("dump-states", || -> Result<(), Box<dyn Error>> {
         let args = Args::parse();

@@ -48,6 +48,10 @@ struct Report<'a> {
     provenance: Provenance,
 }
 
+/// mimalloc keeps freed pages for the next allocation (see the workspace manifest).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let args = Args::parse();
     aiq_io::run_main("layer-algebra", || {

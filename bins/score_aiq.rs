@@ -43,6 +43,10 @@ struct Args {
     threads: Option<usize>,
 }
 
+/// mimalloc keeps freed pages for the next allocation (see the workspace manifest).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     run_main("score-aiq", || {
         let args = Args::parse();
