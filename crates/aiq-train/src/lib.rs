@@ -25,7 +25,10 @@
 //!   Keras example attaches its state-capture layers `after` each `Conv2D`/`Dense` layer,
 //!   whose activation (ELU) is fused into the layer, and any `BatchNormalization` is a
 //!   separate layer after it. A neuron is on iff its ELU output is > 0, which is also the
-//!   sign of its pre-activation.
+//!   sign of its pre-activation. [`Model::forward_states`] uses that: where pooling follows
+//!   the ELU (no batch norm between), it pools first and runs the ELU on a quarter of the
+//!   values (the same logits to the bit: the ELU is non-decreasing), and its taps hand out
+//!   the pre-activation.
 //! - **Narrow convolutions** (LeNet-5's, up to 64 output channels) run direct kernels
 //!   (`layers/direct.rs`) instead of im2col + GEMM, whose copies cost more than the
 //!   arithmetic at these widths; they are compiled for the baseline target and for
