@@ -6,17 +6,19 @@
 //! whole data set never exist at once, and chunks are written in input order as they
 //! complete: the output is the same bytes (provenance aside) for any thread count.
 
+use std::collections::BTreeMap;
 use std::error::Error;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
 
 use aiq_data::{load_split_bytes, pixel, DatasetKind, SplitName};
 use aiq_io::{run_main, Input, Output, Provenance};
-use aiq_states::{pack_rows, words_for, LayerSpec, ModelIdentity, StatesHeader, StatesWriter};
+use aiq_states::{pack_rows, LayerSpec, ModelIdentity, StatesHeader, StatesWriter};
 use aiq_train::Model;
 use clap::Parser;
 use ndarray::ArrayView2;
-use rayon::prelude::*;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -89,15 +91,14 @@ fn argmax(row: impl IntoIterator<Item = f32>) -> u8 {
     best.0 as u8
 }
 
-/// Most bytes of packed states in one group of chunks (computed, or written while the next
-/// group computes).
-const GROUP_BYTES: usize = 16 << 20;
+/// A chunk's predictions and each hidden layer's packed states.
+type Chunk = (Vec<u8>, Vec<Vec<u64>>);
 
-/// One chunk through the model: predictions and each hidden layer's packed states.
+/// One chunk through the model.
 /// `pixels` are the chunk's image bytes, made floats here, a chunk at a time: the whole
 /// split as floats would be 31 MB of fresh memory for MNIST's test set, filled on the main
 /// thread before any work starts.
-fn run_chunk(model: &Model, pixels: &[u8], layers: usize) -> (Vec<u8>, Vec<Vec<u64>>) {
+fn run_chunk(model: &Model, pixels: &[u8], layers: usize) -> Chunk {
     let floats: Vec<f32> = pixels.iter().map(|&b| pixel(b)).collect();
     let images =
         ArrayView2::from_shape((pixels.len() / (28 * 28), 28 * 28), &floats).expect("whole images");
@@ -109,18 +110,6 @@ fn run_chunk(model: &Model, pixels: &[u8], layers: usize) -> (Vec<u8>, Vec<Vec<u
         .map(|r| argmax(r.iter().copied()))
         .collect();
     (predictions, packed)
-}
-
-/// Writes computed chunks in order.
-fn write_chunks<W: Write>(
-    writer: &mut StatesWriter<W>,
-    chunks: Vec<(Vec<u8>, Vec<Vec<u64>>)>,
-) -> Result<(), aiq_io::IoError> {
-    for (predictions, packed) in chunks {
-        let refs: Vec<&[u64]> = packed.iter().map(Vec::as_slice).collect();
-        writer.write_chunk(&predictions, &refs)?;
-    }
-    Ok(())
 }
 
 /// mimalloc keeps freed pages for the next allocation (see the workspace manifest).
@@ -177,34 +166,52 @@ fn main() {
         let name = out.name().to_string();
         let mut writer = StatesWriter::new(&mut out, &name, header)?;
         let chunk = args.chunk_images as usize;
-        let starts: Vec<usize> = (0..n).step_by(chunk).collect();
-        // While the pool computes one group of chunks, a thread writes the group before.
-        // Groups of up to 16 chunks per thread: each group ends on a wait for its slowest
-        // chunk (2 per thread left the cores idle ~20% of the time), but no more than
-        // GROUP_BYTES of states per group, so wide layers do not pile up unwritten chunks.
+        let chunks = n.div_ceil(chunk);
+        // Each pool thread takes the next chunk as soon as it is done with one, and this
+        // thread writes the chunks in order as they arrive: no thread waits for a group's
+        // slowest chunk, and at most `2 × threads` finished chunks wait for the writer.
         let threads = rayon::current_num_threads();
-        let chunk_bytes: usize = hidden
-            .iter()
-            .map(|l| chunk * l.states_per_input * words_for(l.neurons) * 8)
-            .sum();
-        let batch = (GROUP_BYTES / chunk_bytes.max(1)).clamp(threads, 16 * threads);
-        let mut ready: Vec<(Vec<u8>, Vec<Vec<u64>>)> = Vec::new();
-        for group in starts.chunks(batch) {
-            let (done, written) = std::thread::scope(|scope| {
-                let write = scope.spawn(|| write_chunks(&mut writer, std::mem::take(&mut ready)));
-                let done: Vec<_> = group
-                    .par_iter()
-                    .map(|&start| {
-                        let images = start * 28 * 28..(start + chunk).min(n) * 28 * 28;
-                        run_chunk(&model, &split.pixels[images], hidden.len())
-                    })
-                    .collect();
-                (done, write.join())
+        let next = AtomicUsize::new(0);
+        let (done, arrived) = mpsc::sync_channel::<(usize, Chunk)>(2 * threads);
+        let compute = || {
+            rayon::scope(|s| {
+                for _ in 0..threads {
+                    let done = done.clone();
+                    let next = &next;
+                    let (model, split, layers) = (&model, &split, hidden.len());
+                    s.spawn(move |_| loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= chunks {
+                            break;
+                        }
+                        let images = i * chunk * 28 * 28..((i + 1) * chunk).min(n) * 28 * 28;
+                        // A closed channel: the writer stopped on an error, reported below.
+                        if done
+                            .send((i, run_chunk(model, &split.pixels[images], layers)))
+                            .is_err()
+                        {
+                            break;
+                        }
+                    });
+                }
             });
-            written.map_err(|_| "the writing thread panicked")??;
-            ready = done;
-        }
-        write_chunks(&mut writer, ready)?;
+            drop(done);
+        };
+        let written = std::thread::scope(|scope| {
+            scope.spawn(compute);
+            let mut waiting = BTreeMap::new();
+            let mut want = 0;
+            for (i, c) in arrived {
+                waiting.insert(i, c);
+                while let Some((predictions, packed)) = waiting.remove(&want) {
+                    let refs: Vec<&[u64]> = packed.iter().map(Vec::as_slice).collect();
+                    writer.write_chunk(&predictions, &refs)?;
+                    want += 1;
+                }
+            }
+            Ok::<(), aiq_io::IoError>(())
+        });
+        written?;
         writer.finish()?;
         out.flush()?;
         out.commit()?;
