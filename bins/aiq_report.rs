@@ -43,11 +43,6 @@ struct Args {
     #[arg(long, value_name = "FILE")]
     font: Option<PathBuf>,
 }
-
-/// mimalloc keeps freed pages for the next allocation (see the workspace manifest).
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() {
     aiq_io::run_main("aiq-report", || {
         let args = Args::parse();

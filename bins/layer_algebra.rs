@@ -47,11 +47,6 @@ struct Report<'a> {
     analysis: &'a Analysis,
     provenance: Provenance,
 }
-
-/// mimalloc keeps freed pages for the next allocation (see the workspace manifest).
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() {
     let args = Args::parse();
     aiq_io::run_main("layer-algebra", || {

@@ -74,11 +74,6 @@ struct Args {
     #[arg(long)]
     describe: bool,
 }
-
-/// mimalloc keeps freed pages for the next allocation (see the workspace manifest).
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() {
     run_main("train", || {
         let args = Args::parse();
