@@ -11,7 +11,7 @@ use std::error::Error;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
+use std::sync::{mpsc, Condvar, Mutex, PoisonError};
 
 use aiq_data::{load_split_bytes, pixel, DatasetKind, SplitName};
 use aiq_io::{run_main, Input, Output, Provenance};
@@ -112,6 +112,17 @@ fn run_chunk(model: &Model, pixels: &[u8], layers: usize) -> Chunk {
     (predictions, packed)
 }
 
+/// Waits until chunk `i` is fewer than `window` chunks ahead of the writer; false if the
+/// writer has stopped.
+fn wait_for_writer(progress: &(Mutex<(usize, bool)>, Condvar), i: usize, window: usize) -> bool {
+    let (lock, signal) = progress;
+    let mut state = lock.lock().unwrap_or_else(PoisonError::into_inner);
+    while i >= state.0 + window && !state.1 {
+        state = signal.wait(state).unwrap_or_else(PoisonError::into_inner);
+    }
+    !state.1
+}
+
 /// mimalloc keeps freed pages for the next allocation (see the workspace manifest).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -169,27 +180,29 @@ fn main() {
         let chunks = n.div_ceil(chunk);
         // Each pool thread takes the next chunk as soon as it is done with one, and this
         // thread writes the chunks in order as they arrive: no thread waits for a group's
-        // slowest chunk, and at most `2 × threads` finished chunks wait for the writer.
+        // slowest chunk. A thread starts chunk `i` only once fewer than `window` chunks lie
+        // between it and the writer, so computed-but-unwritten chunks stay few whatever
+        // the timing.
         let threads = rayon::current_num_threads();
+        let window = 2 * threads;
         let next = AtomicUsize::new(0);
-        let (done, arrived) = mpsc::sync_channel::<(usize, Chunk)>(2 * threads);
+        // Chunks written so far, and whether the writer has stopped; signalled on change.
+        let progress = (Mutex::new((0usize, false)), Condvar::new());
+        let (done, arrived) = mpsc::channel::<(usize, Chunk)>();
         let compute = || {
             rayon::scope(|s| {
                 for _ in 0..threads {
                     let done = done.clone();
-                    let next = &next;
+                    let (next, progress) = (&next, &progress);
                     let (model, split, layers) = (&model, &split, hidden.len());
                     s.spawn(move |_| loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= chunks {
+                        if i >= chunks || !wait_for_writer(progress, i, window) {
                             break;
                         }
                         let images = i * chunk * 28 * 28..((i + 1) * chunk).min(n) * 28 * 28;
-                        // A closed channel: the writer stopped on an error, reported below.
-                        if done
-                            .send((i, run_chunk(model, &split.pixels[images], layers)))
-                            .is_err()
-                        {
+                        let out = run_chunk(model, &split.pixels[images], layers);
+                        if done.send((i, out)).is_err() {
                             break;
                         }
                     });
@@ -199,17 +212,29 @@ fn main() {
         };
         let written = std::thread::scope(|scope| {
             scope.spawn(compute);
-            let mut waiting = BTreeMap::new();
-            let mut want = 0;
-            for (i, c) in arrived {
-                waiting.insert(i, c);
-                while let Some((predictions, packed)) = waiting.remove(&want) {
-                    let refs: Vec<&[u64]> = packed.iter().map(Vec::as_slice).collect();
-                    writer.write_chunk(&predictions, &refs)?;
-                    want += 1;
+            let mut write = || -> Result<(), aiq_io::IoError> {
+                let mut waiting = BTreeMap::new();
+                let mut want = 0;
+                for (i, c) in &arrived {
+                    waiting.insert(i, c);
+                    while let Some((predictions, packed)) = waiting.remove(&want) {
+                        let refs: Vec<&[u64]> = packed.iter().map(Vec::as_slice).collect();
+                        writer.write_chunk(&predictions, &refs)?;
+                        want += 1;
+                        let (lock, signal) = &progress;
+                        lock.lock().unwrap_or_else(PoisonError::into_inner).0 = want;
+                        signal.notify_all();
+                    }
                 }
-            }
-            Ok::<(), aiq_io::IoError>(())
+                Ok(())
+            };
+            let result = write();
+            // On an error, the threads waiting for room stop (and so does the pool).
+            let (lock, signal) = &progress;
+            lock.lock().unwrap_or_else(PoisonError::into_inner).1 = true;
+            signal.notify_all();
+            drop(arrived);
+            result
         });
         written?;
         writer.finish()?;
