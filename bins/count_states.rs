@@ -81,11 +81,6 @@ fn npy_counts(args: &Args) -> Result<Counts, Box<dyn Error>> {
         layers,
     })
 }
-
-/// mimalloc keeps freed pages for the next allocation (see the workspace manifest).
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() {
     run_main("count-states", || {
         let args = Args::parse();

@@ -42,11 +42,6 @@ struct Args {
     #[arg(long)]
     threads: Option<usize>,
 }
-
-/// mimalloc keeps freed pages for the next allocation (see the workspace manifest).
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() {
     run_main("score-aiq", || {
         let args = Args::parse();
