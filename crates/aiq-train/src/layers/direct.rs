@@ -658,6 +658,15 @@ mod tests {
     use crate::layers::check::*;
     use crate::layers::conv;
 
+    /// Inputs of `n` images, weights and bias for `sh`, uniform in [-1, 1].
+    fn random_layer(sh: &ConvShape, n: usize, seed: u64) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let mut g = rng(seed);
+        let x = uniform(&mut g, n * sh.in_size(), -1.0, 1.0);
+        let w = uniform(&mut g, sh.kdim() * sh.cout, -1.0, 1.0);
+        let b = uniform(&mut g, sh.cout, -1.0, 1.0);
+        (x, w, b)
+    }
+
     fn shapes() -> [ConvShape; 3] {
         let s = |h, w, cout, k| ConvShape {
             h,
@@ -690,10 +699,7 @@ mod tests {
         {
             assert!(applies_multi(&sh), "{sh:?}");
             let n = 2;
-            let mut g = rng(40 + i as u64);
-            let x = uniform(&mut g, n * sh.in_size(), -1.0, 1.0);
-            let w = uniform(&mut g, sh.kdim() * sh.cout, -1.0, 1.0);
-            let b = uniform(&mut g, sh.cout, -1.0, 1.0);
+            let (x, w, b) = random_layer(&sh, n, 40 + i as u64);
             let mut col = vec![0.0; sh.col_len(n)];
             let mut want = vec![0.0; n * sh.out_size()];
             conv::forward_im2col(&x, &w, &b, n, &sh, &mut col, &mut want);
@@ -726,10 +732,7 @@ mod tests {
         .enumerate()
         {
             let n = 2;
-            let mut g = rng(60 + i as u64);
-            let x = uniform(&mut g, n * sh.in_size(), -1.0, 1.0);
-            let w = uniform(&mut g, sh.kdim() * sh.cout, -1.0, 1.0);
-            let b = uniform(&mut g, sh.cout, -1.0, 1.0);
+            let (x, w, b) = random_layer(&sh, n, 60 + i as u64);
             let mut col = vec![0.0; sh.col_len(n)];
             let mut want = vec![f32::NAN; n * sh.out_size()];
             forward_multi_with(&x, &w, &b, n, &sh, &mut col, &mut want, false);
