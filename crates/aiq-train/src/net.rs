@@ -231,6 +231,19 @@ impl Net {
         Ok(b.net)
     }
 
+    /// If layer `l` is an ELU whose output only reaches a max pooling (through nothing or a
+    /// dropout, a copy at inference), the index of that pooling layer.
+    pub fn pool_after_elu(&self, l: usize) -> Option<usize> {
+        if !matches!(self.layers[l].op, Op::Elu) {
+            return None;
+        }
+        let mut p = l + 1;
+        while matches!(self.layers.get(p)?.op, Op::Dropout) {
+            p += 1;
+        }
+        matches!(self.layers[p].op, Op::Pool { .. }).then_some(p)
+    }
+
     /// Largest per-image activation, for the gradient buffers.
     fn max_size(&self) -> usize {
         self.layers
@@ -459,20 +472,7 @@ impl Workspace {
         &self.outs[l][..self.n * net.layers[l].out_size]
     }
 
-    /// If layer `l` is an ELU whose output only reaches a max pooling (through nothing or a
-    /// dropout, a copy at inference), the index of that pooling layer.
-    pub fn pool_after_elu(net: &Net, l: usize) -> Option<usize> {
-        if !matches!(net.layers[l].op, Op::Elu) {
-            return None;
-        }
-        let mut p = l + 1;
-        while matches!(net.layers.get(p)?.op, Op::Dropout) {
-            p += 1;
-        }
-        matches!(net.layers[p].op, Op::Pool { .. }).then_some(p)
-    }
-
-    /// Inference of ELU layer `elu` and pooling layer `pool` (see [`Self::pool_after_elu`])
+    /// Inference of ELU layer `elu` and pooling layer `pool` (see [`Net::pool_after_elu`])
     /// in the other order: pooling the ELU's input, then ELU on the quarter as many pooled
     /// values. The same bits: the ELU is non-decreasing (checked over every negative
     /// `f32`, see `elu::tests`), keeps NaN and never returns −0, so it commutes with the

@@ -517,7 +517,7 @@ pub(crate) fn infer<'w>(
     let mut l = 0;
     while l < net.layers.len() {
         // The layer whose output holds the states, and the next layer to run.
-        let (shown, next) = match Workspace::pool_after_elu(net, l).filter(|_| !exact_taps) {
+        let (shown, next) = match net.pool_after_elu(l).filter(|_| !exact_taps) {
             Some(p) => {
                 ws.pool_then_elu(net, l, p);
                 (l - 1, p + 1)
