@@ -12,22 +12,29 @@ pub const fn words_for(neurons: usize) -> usize {
 
 /// Packs one row of activations (one observed state) into `out`, which must hold exactly
 /// [`words_for`]`(row.len())` words.
-// Always inlined: the AVX2 clone of `pack_flat` compiles it as its own.
-#[inline(always)]
+#[inline]
 pub fn pack_row(row: &[f32], out: &mut [u64]) {
+    pack_row_with(row, out, group_bits);
+}
+
+/// [`pack_row`] with `group` giving the states of 8 values as the low 8 bits: the portable
+/// [`group_bits`], or an AVX compare and mask move in `pack_flat`'s AVX2 clone (always
+/// inlined, so that clone compiles it, and the group, as its own).
+#[inline(always)]
+fn pack_row_with(row: &[f32], out: &mut [u64], group: impl Fn(&[f32]) -> u64) {
     debug_assert_eq!(out.len(), words_for(row.len()));
     for (word, values) in out.iter_mut().zip(row.chunks(64)) {
         let mut bits = 0u64;
         let groups = values.chunks_exact(8);
         let rest = groups.remainder();
         for (g, v) in groups.enumerate() {
-            bits |= group_bits(v) << (8 * g);
+            bits |= group(v) << (8 * g);
         }
         let base = values.len() - rest.len();
         if !rest.is_empty() && values.len() >= 8 {
             // The last 8 values as one more group, overlapping the one before; only the
             // bits of the `rest` values are kept.
-            bits |= (group_bits(&values[values.len() - 8..]) >> (8 - rest.len())) << base;
+            bits |= (group(&values[values.len() - 8..]) >> (8 - rest.len())) << base;
         } else {
             for (i, &x) in rest.iter().enumerate() {
                 bits |= u64::from(on(x)) << (base + i);
@@ -89,23 +96,7 @@ fn pack_flat(flat: &[f32], neurons: usize, dest: &mut [u64]) {
         };
         let words = words_for(neurons);
         for (row, out) in flat.chunks_exact(neurons).zip(dest.chunks_exact_mut(words)) {
-            for (word, values) in out.iter_mut().zip(row.chunks(64)) {
-                let groups = values.chunks_exact(8);
-                let rest = groups.remainder().len();
-                let mut bits = 0u64;
-                for (g, v) in groups.enumerate() {
-                    bits |= group(v) << (8 * g);
-                }
-                let base = values.len() - rest;
-                if rest > 0 && values.len() >= 8 {
-                    bits |= (group(&values[values.len() - 8..]) >> (8 - rest)) << base;
-                } else {
-                    for (i, &x) in values[base..].iter().enumerate() {
-                        bits |= u64::from(on(x)) << (base + i);
-                    }
-                }
-                *word = bits;
-            }
+            pack_row_with(row, out, group);
         }
     }
     #[multiversion::target::target_cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
