@@ -200,7 +200,7 @@ impl Model {
         assert_eq!(
             images.ncols(),
             INPUT,
-            "forward_hidden: images must be rows of 28×28 pixels"
+            "Model inference: images must be rows of 28×28 pixels"
         );
         let images = images.as_standard_layout();
         let mut ws = self.spare.take(&self.net, n);
