@@ -28,20 +28,22 @@ MODEL="$WORK/lenet5_20_50_100.bin"
 BASE_BIN=${BASE_BIN:-}
 export BIN DATA WORK MODEL ROUNDS EPOCHS THREADS BASE_BIN
 PYTHONPATH="$TS_DIR/build" "$TS_DIR/venv/bin/python" - <<'PY'
-import json, os, resource, statistics, struct, subprocess, sys, time
-import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
-import TensorState as ts
+import json, os, resource, statistics, subprocess, sys, time
 
 B, D, W, M, BB = (os.environ[k] for k in ("BIN", "DATA", "WORK", "MODEL", "BASE_BIN"))
 rounds, epochs, th = (int(os.environ[k]) for k in ("ROUNDS", "EPOCHS", "THREADS"))
 
+# The peer script's model, data and measurement (ts_state_timing.py), verbatim in substance.
+# Every round measures TensorState in a fresh process, as the peer script does: hooks
+# attached to a model in a process that has measured before would pile up (TensorState adds
+# them to the model, never replaces them) and a warm process would time differently.
+COMMON = r"""
+import os, struct, sys, time, json, numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 def idx(path):
     with open(path, "rb") as f:
         magic, = struct.unpack(">I", f.read(4)); nd = magic & 0xff
         dims = struct.unpack(">" + "I" * nd, f.read(4 * nd))
         return np.frombuffer(f.read(), dtype=np.uint8).reshape(dims)
-
-# The peer script's model and training, verbatim in substance (ts_state_timing.py).
 class LeNet5(nn.Module):
     def __init__(s):
         super().__init__()
@@ -49,37 +51,49 @@ class LeNet5(nn.Module):
     def forward(s, x):
         x = F.max_pool2d(F.elu(s.conv_1(x)), 2); x = F.max_pool2d(F.elu(s.conv_2(x)), 2)
         return s.pred(F.elu(s.conv_3(x)).flatten(1))
-
+D, W, th = os.environ["DATA"], os.environ["WORK"], int(os.environ["THREADS"])
 torch.set_num_threads(th); torch.manual_seed(0)
+"""
+TRAIN = COMMON + r"""
 xtr = torch.tensor(idx(f"{D}/train-images.idx3-ubyte"), dtype=torch.float32).div_(255).unsqueeze(1)
 ytr = torch.tensor(idx(f"{D}/train-labels.idx1-ubyte"), dtype=torch.long)
-xte = torch.tensor(idx(f"{D}/t10k-images.idx3-ubyte"), dtype=torch.float32).div_(255).unsqueeze(1)
-yte = torch.tensor(idx(f"{D}/t10k-labels.idx1-ubyte"), dtype=torch.long)
 m = LeNet5(); opt = torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9, nesterov=True, weight_decay=5e-4)
-for ep in range(epochs):
+for ep in range(int(os.environ["EPOCHS"])):
     perm = torch.randperm(60000)
     for i in range(0, 60000, 200):
         b = perm[i:i + 200]; loss = F.cross_entropy(m(xtr[b]), ytr[b]); opt.zero_grad(); loss.backward(); opt.step()
-m.eval()
+torch.save(m.state_dict(), sys.argv[1])
+"""
+ROUND = COMMON + r"""
+import TensorState as ts
+xte = torch.tensor(idx(f"{D}/t10k-images.idx3-ubyte"), dtype=torch.float32).div_(255).unsqueeze(1)
+yte = torch.tensor(idx(f"{D}/t10k-labels.idx1-ubyte"), dtype=torch.long)
+m = LeNet5(); m.load_state_dict(torch.load(sys.argv[1])); m.eval()
+c0 = time.process_time(); t0 = time.perf_counter()
+em = ts.build_efficiency_model(m, attach_to=["Conv2d"], method="after")
+correct = 0
+with torch.no_grad():
+    for i in range(0, 10000, 200):
+        correct += (em(xte[i:i + 200]).argmax(1) == yte[i:i + 200]).sum().item()
+t1 = time.perf_counter(); c1 = time.process_time()
+layers = [(int(l.state_count), len(l.counts()), float(l.efficiency())) for l in em.efficiency_layers]
+eff = ts.network_efficiency(em); aiq = ts.aIQ(eff, correct / 10000, 2)
+t2 = time.perf_counter(); c2 = time.process_time()
+print(json.dumps([t1 - t0, t2 - t1, c1 - c0, c2 - c1]))
+"""
+TS_MODEL = f"{W}/ts_lenet5_{epochs}.pt"
+if not os.path.exists(TS_MODEL):
+    subprocess.run([sys.executable, "-c", TRAIN, TS_MODEL], check=True)
 
 def cpu_children():
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
 
 def tensorstate():
-    c0 = time.process_time()
-    t0 = time.perf_counter()
-    em = ts.build_efficiency_model(m, attach_to=["Conv2d"], method="after")
-    correct = 0
-    with torch.no_grad():
-        for i in range(0, 10000, 200):
-            correct += (em(xte[i:i + 200]).argmax(1) == yte[i:i + 200]).sum().item()
-    t1 = time.perf_counter(); c1 = time.process_time()
-    layers = [(int(l.state_count), len(l.counts()), float(l.efficiency())) for l in em.efficiency_layers]
-    eff = ts.network_efficiency(em); aiq = ts.aIQ(eff, correct / 10000, 2)
-    t2 = time.perf_counter(); c2 = time.process_time()
-    cpu["ts_capture"].append(c1 - c0); cpu["ts_count_score"].append(c2 - c1)
-    return t1 - t0, t2 - t1
+    out = subprocess.run([sys.executable, "-c", ROUND, TS_MODEL], check=True, capture_output=True, text=True)
+    capture, count_score, cpu_capture, cpu_count_score = json.loads(out.stdout)
+    cpu["ts_capture"].append(cpu_capture); cpu["ts_count_score"].append(cpu_count_score)
+    return capture, count_score
 
 def run(cmd, out=None, key=None):
     t, c = time.perf_counter(), cpu_children()
