@@ -90,7 +90,7 @@ def cpu_children():
     return r.ru_utime + r.ru_stime
 
 def tensorstate():
-    out = subprocess.run([sys.executable, "-c", ROUND, TS_MODEL], check=True, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", ROUND, TS_MODEL], check=True, stdout=subprocess.PIPE, text=True)
     capture, count_score, cpu_capture, cpu_count_score = json.loads(out.stdout)
     cpu["ts_capture"].append(cpu_capture); cpu["ts_count_score"].append(cpu_count_score)
     return capture, count_score
