@@ -96,47 +96,15 @@ impl LayerCounts {
         &self.states[i * w..(i + 1) * w]
     }
 
-    /// Checks the invariants a reader relies on; the error says which one fails.
-    pub fn check(&self) -> Result<(), String> {
-        let w = self.words();
-        if self.states.len() != self.counts.len() * w {
-            return Err(format!(
-                "layer {:?}: {} words for {} states",
-                self.name,
-                self.states.len(),
-                self.counts.len()
-            ));
+    /// Everything but the states: what a score needs of the layer.
+    pub fn summary(&self) -> LayerSummary {
+        LayerSummary {
+            name: self.name.clone(),
+            neurons: self.neurons,
+            states_per_input: self.states_per_input,
+            observations: self.observations,
+            distinct: self.distinct() as u64,
         }
-        let mut total = 0u64;
-        for (i, &c) in self.counts.iter().enumerate() {
-            if c == 0 {
-                return Err(format!("layer {:?}: a state counted 0 times", self.name));
-            }
-            total = total
-                .checked_add(c)
-                .ok_or_else(|| format!("layer {:?}: counts overflow", self.name))?;
-            let s = self.state(i);
-            let spare = w * 64 - self.neurons as usize;
-            if spare > 0 && s[w - 1] >> (64 - spare) != 0 {
-                return Err(format!(
-                    "layer {:?}: a state has bits beyond its {} neurons",
-                    self.name, self.neurons
-                ));
-            }
-            if i > 0 && self.state(i - 1).iter().rev().cmp(s.iter().rev()).is_ge() {
-                return Err(format!(
-                    "layer {:?}: states not strictly ascending",
-                    self.name
-                ));
-            }
-        }
-        if total != self.observations {
-            return Err(format!(
-                "layer {:?}: counts sum to {total}, header says {} observations",
-                self.name, self.observations
-            ));
-        }
-        Ok(())
     }
 
     /// Adds another layer's counts of the same states (a linear merge of two sorted lists).
@@ -255,13 +223,7 @@ pub fn scan_any<R: Read + Send>(
             let counts = read_after_header(kind, version, r, name)?;
             let mut summaries = Vec::with_capacity(counts.layers.len());
             for (i, l) in counts.layers.iter().enumerate() {
-                let s = LayerSummary {
-                    name: l.name.clone(),
-                    neurons: l.neurons,
-                    states_per_input: l.states_per_input,
-                    observations: l.observations,
-                    distinct: l.distinct() as u64,
-                };
+                let s = l.summary();
                 if l.distinct() > 0 {
                     visit(i, &s, &Records::of_layer(l));
                 }

@@ -94,16 +94,7 @@ impl Scorecard {
         let layers = counts
             .layers
             .iter()
-            .map(|l| {
-                let summary = LayerSummary {
-                    name: l.name.clone(),
-                    neurons: l.neurons,
-                    states_per_input: l.states_per_input,
-                    observations: l.observations,
-                    distinct: l.distinct() as u64,
-                };
-                LayerScore::new(summary, shannon_bits(&l.counts))
-            })
+            .map(|l| LayerScore::new(l.summary(), shannon_bits(&l.counts)))
             .collect();
         Self::from_layers(layers, &counts.measurement, beta, accuracy, tool)
     }
