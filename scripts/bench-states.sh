@@ -5,8 +5,8 @@
 # Both measure the authors' example, LeNet-5 (20,50,100) trained for EPOCHS epochs, on the
 # 10k MNIST test images. TensorState: capture (PyTorch forward pass with its hooks) and its
 # counting + scoring, as in the peer script ts_state_timing.py. Ours: `dump-states` (the
-# capture), `count-states` + `score-aiq` (counting and scoring), `score-aiq` straight on the
-# states, and the whole pipe with the peak memory of each stage. Wall times (medians) and CPU
+# capture), `count-states` + `score-aiq` (counting and scoring) through a counts file and as a
+# pipe (`count-states S | score-aiq`), `score-aiq` straight on the states, and the whole pipe with the peak memory of each stage. Wall times (medians) and CPU
 # times (user + system, all threads; TensorState's from its own process, ours from the child
 # processes) are both reported: on a shared, loaded machine the CPU ratio is the steadier one.
 #
@@ -105,7 +105,7 @@ def run(cmd, out=None, key=None):
 
 S, C = f"{W}/states.bin", f"{W}/counts.bin"
 common = f"--threads {th}"
-res = {k: [] for k in ("ts_capture", "ts_count_score", "dump_states", "count_score", "score_states", "pipe")}
+res = {k: [] for k in ("ts_capture", "ts_count_score", "dump_states", "count_score", "count_score_pipe", "score_states", "pipe")}
 if BB:
     res.update(base_count_score=[], base_score_states=[])
 cpu = {k: [] for k in res if k != "pipe"}
@@ -114,6 +114,7 @@ for r in range(rounds):
     a, b = tensorstate(); res["ts_capture"].append(a); res["ts_count_score"].append(b)
     res["dump_states"].append(run(f"{B}/dump-states {common} --model {M} --data {D}", S, "dump_states"))
     res["count_score"].append(run(f"{B}/count-states {common} {S} > {C} && {B}/score-aiq {C}", key="count_score"))
+    res["count_score_pipe"].append(run(f"{B}/count-states {common} {S} | {B}/score-aiq", key="count_score_pipe"))
     res["score_states"].append(run(f"{B}/score-aiq {common} {S}", key="score_states"))
     if BB:
         res["base_count_score"].append(run(f"{BB}/count-states {common} {S} > {C} && {BB}/score-aiq {C}", key="base_count_score"))
@@ -130,6 +131,7 @@ print(json.dumps({
     "median_cpu_s": {k: round(statistics.median(v), 4) for k, v in cpu.items()},
     "ratios": {"capture_ts_over_dump_states": round(med["ts_capture"] / med["dump_states"], 2),
                "count_score_ts_over_ours": round(med["ts_count_score"] / med["count_score"], 2),
+               "count_score_ts_over_ours_pipe": round(med["ts_count_score"] / med["count_score_pipe"], 2),
                "count_score_ts_over_score_states": round(med["ts_count_score"] / med["score_states"], 2),
                "cpu_count_score_ts_over_ours": round(statistics.median(cpu["ts_count_score"]) / statistics.median(cpu["count_score"]), 2),
                "cpu_capture_ts_over_dump_states": round(statistics.median(cpu["ts_capture"]) / statistics.median(cpu["dump_states"]), 2)},
