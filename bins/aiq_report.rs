@@ -43,6 +43,7 @@ struct Args {
     #[arg(long, value_name = "FILE")]
     font: Option<PathBuf>,
 }
+
 fn main() {
     aiq_io::run_main("aiq-report", || {
         let args = Args::parse();

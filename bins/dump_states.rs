@@ -91,6 +91,9 @@ fn argmax(row: impl IntoIterator<Item = f32>) -> u8 {
     best.0 as u8
 }
 
+/// Pixels of an image as the models take it (28×28).
+const PIXELS: usize = 28 * 28;
+
 /// A chunk's predictions and each hidden layer's packed states.
 type Chunk = (Vec<u8>, Vec<Vec<u64>>);
 
@@ -101,7 +104,7 @@ type Chunk = (Vec<u8>, Vec<Vec<u64>>);
 fn run_chunk(model: &Model, pixels: &[u8], layers: usize) -> Chunk {
     let floats: Vec<f32> = pixels.iter().map(|&b| pixel(b)).collect();
     let images =
-        ArrayView2::from_shape((pixels.len() / (28 * 28), 28 * 28), &floats).expect("whole images");
+        ArrayView2::from_shape((pixels.len() / PIXELS, PIXELS), &floats).expect("whole images");
     let mut packed = vec![Vec::new(); layers];
     let logits = model.forward_states(images, &mut |i, acts| pack_rows(acts, &mut packed[i]));
     let predictions = logits
@@ -143,7 +146,7 @@ fn main() {
         let model = Model::read_from(&mut model_reader, &model_name)?;
         let dataset = args.dataset.unwrap_or(model.meta().dataset);
         let split = load_split_bytes(&args.data, dataset, args.split)?;
-        if split.rows * split.cols != 28 * 28 {
+        if split.rows * split.cols != PIXELS {
             return Err(format!(
                 "{}: {dataset} images are {}x{} pixels; the model takes 28x28",
                 args.data.display(),
@@ -200,7 +203,7 @@ fn main() {
                         if i >= chunks || !wait_for_writer(progress, i, window) {
                             break;
                         }
-                        let images = i * chunk * 28 * 28..((i + 1) * chunk).min(n) * 28 * 28;
+                        let images = i * chunk * PIXELS..((i + 1) * chunk).min(n) * PIXELS;
                         let out = run_chunk(model, &split.pixels[images], layers);
                         if done.send((i, out)).is_err() {
                             break;

@@ -47,6 +47,7 @@ struct Report<'a> {
     analysis: &'a Analysis,
     provenance: Provenance,
 }
+
 fn main() {
     let args = Args::parse();
     aiq_io::run_main("layer-algebra", || {

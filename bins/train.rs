@@ -74,6 +74,7 @@ struct Args {
     #[arg(long)]
     describe: bool,
 }
+
 fn main() {
     run_main("train", || {
         let args = Args::parse();
