@@ -9,7 +9,7 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 use aiq_count::{count_npy, read_any, write_counts, Counts, Measurement};
-use aiq_io::{run_main, Input, Output, Provenance};
+use aiq_io::{run_main, Input, Output, Provenance, StreamKind};
 use clap::Parser;
 
 #[derive(Debug, Parser)]
@@ -114,9 +114,9 @@ fn main() {
             }
             let mut total: Option<Counts> = None;
             for path in &inputs {
-                let input = Input::open(Some(path))?;
-                let (name, reader) = input.into_parts();
-                let counts = read_any(reader, &name)?;
+                let mut input = Input::open_mapped(Some(path), StreamKind::States)?;
+                let name = input.name().to_string();
+                let counts = read_any(input.source(), &name)?;
                 match &mut total {
                     None => total = Some(counts),
                     Some(t) => t.merge(counts, &name)?,

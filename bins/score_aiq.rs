@@ -6,7 +6,7 @@
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
-use aiq_io::{run_main, Input, Output, Provenance};
+use aiq_io::{run_main, Input, Output, Provenance, StreamKind};
 use aiq_metrics::Scorecard;
 use clap::Parser;
 
@@ -62,9 +62,10 @@ fn main() {
                 "<stdin> is a terminal: give a states or counts FILE, or pipe one in".into(),
             );
         }
-        let (name, reader) = Input::open(args.input.as_deref())?.into_parts();
+        let mut input = Input::open_mapped(args.input.as_deref(), StreamKind::States)?;
+        let name = input.name().to_string();
         let tool = Provenance::current("score-aiq", env!("CARGO_PKG_VERSION"));
-        let card = Scorecard::read(reader, &name, args.beta, args.accuracy, tool)?;
+        let card = Scorecard::read(input.source(), &name, args.beta, args.accuracy, tool)?;
         let mut out = Output::create(args.output.as_deref(), false)?;
         if args.json {
             serde_json::to_writer(&mut out, &card)?;

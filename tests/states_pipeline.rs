@@ -263,6 +263,19 @@ fn fails(out: Output, expect: &str) {
     assert!(out.stdout.is_empty());
 }
 
+/// `tool` fails on `bytes` with `expect` both through a pipe and from a file (which the
+/// states tools map into memory and read by another route), naming the file.
+fn fails_both_ways(tool: &str, bytes: &[u8], expect: &str) {
+    fails(feed(&mut bin(tool), bytes), expect);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("damaged.states");
+    std::fs::write(&path, bytes).unwrap();
+    let out = bin(tool).arg(&path).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    fails(out, expect);
+    assert!(err.contains("damaged.states"), "{err}");
+}
+
 #[test]
 fn damaged_streams_are_clear_errors() {
     let r = run();
@@ -279,8 +292,8 @@ fn damaged_streams_are_clear_errors() {
         states.len() - 17,
         states.len() - 1,
     ] {
-        fails(feed(&mut bin("score-aiq"), &states[..cut]), "ends early");
-        fails(feed(&mut bin("count-states"), &states[..cut]), "ends early");
+        fails_both_ways("score-aiq", &states[..cut], "ends early");
+        fails_both_ways("count-states", &states[..cut], "ends early");
     }
     // A model where states are expected, states where a model is expected.
     fails(
@@ -313,10 +326,8 @@ fn damaged_streams_are_clear_errors() {
     let mut flipped = states.clone();
     let n = flipped.len();
     flipped[n - 21] |= 0xf0;
-    fails(
-        feed(&mut bin("score-aiq"), &flipped),
-        "beyond its 4 neurons",
-    );
+    fails_both_ways("score-aiq", &flipped, "beyond its 4 neurons");
+    fails_both_ways("count-states", &flipped, "beyond its 4 neurons");
     // A counts stream with data after its last layer.
     let mut counts = ok(
         bin("count-states")

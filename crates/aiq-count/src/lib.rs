@@ -26,8 +26,8 @@ mod npy;
 use std::io::Read;
 use std::sync::Mutex;
 
-use aiq_io::{IoError, Provenance, StreamKind};
-use aiq_states::{words_for, ModelIdentity, RawChunk, StatesReader, STATES_VERSION};
+use aiq_io::{IoError, Provenance, Source, StreamKind};
+use aiq_states::{words_for, ChunkRef, ModelIdentity, RawChunk, StatesReader, STATES_VERSION};
 use serde::{Deserialize, Serialize};
 
 pub use counter::{FoldHasher, LayerCounter};
@@ -175,26 +175,31 @@ pub enum CountError {
     NotCountable { name: String, found: StreamKind },
 }
 
-/// Counts a states stream or reads a counts stream, told apart by the magic.
-pub fn read_any<R: Read + Send>(mut r: R, name: &str) -> Result<Counts, CountError> {
-    let (kind, version) = StreamKind::read_header(&mut r, name)?;
-    read_after_header(kind, version, r, name)
+/// Counts a states stream or reads a counts stream, told apart by the magic. A states
+/// stream given as [`Source::Bytes`] (a mapped file) is counted where it lies, uncopied.
+pub fn read_any<'a>(src: impl Into<Source<'a>>, name: &str) -> Result<Counts, CountError> {
+    let mut src = src.into();
+    let (kind, version) = src.read_header(name)?;
+    read_after_header(kind, version, src, name)
 }
 
-fn read_after_header<R: Read + Send>(
+fn read_after_header(
     kind: StreamKind,
     version: u32,
-    mut r: R,
+    src: Source<'_>,
     name: &str,
 ) -> Result<Counts, CountError> {
     match kind {
         StreamKind::States => {
             StreamKind::States.check(kind, version, name, STATES_VERSION)?;
-            Ok(count_states(StatesReader::after_magic(r, name)?)?)
+            Ok(match src {
+                Source::Bytes(b) => count_states_in_memory(StatesReader::after_magic(b, name)?)?,
+                Source::Reader(r) => count_states(StatesReader::after_magic(r, name)?)?,
+            })
         }
         StreamKind::Counts => {
             StreamKind::Counts.check(kind, version, name, COUNTS_VERSION)?;
-            Ok(read_counts_after_magic(&mut r, name)?)
+            Ok(read_counts_after_magic(&mut src.into_reader(), name)?)
         }
         found => Err(CountError::NotCountable {
             name: name.to_string(),
@@ -208,19 +213,24 @@ fn read_after_header<R: Read + Send>(
 /// as fully as by [`read_counts`] without ever being held in memory, which is all a score
 /// needs. A states stream is counted first, as by [`read_any`]. On an error the caller must
 /// discard what `visit` saw.
-pub fn scan_any<R: Read + Send>(
-    mut r: R,
+pub fn scan_any<'a>(
+    src: impl Into<Source<'a>>,
     name: &str,
     mut visit: impl FnMut(usize, &LayerSummary, &Records<'_>),
 ) -> Result<(Measurement, Vec<LayerSummary>), CountError> {
-    let (kind, version) = StreamKind::read_header(&mut r, name)?;
+    let mut src = src.into();
+    let (kind, version) = src.read_header(name)?;
     match kind {
         StreamKind::Counts => {
             StreamKind::Counts.check(kind, version, name, COUNTS_VERSION)?;
-            Ok(scan_counts_after_magic(&mut r, name, visit)?)
+            Ok(scan_counts_after_magic(
+                &mut src.into_reader(),
+                name,
+                visit,
+            )?)
         }
         _ => {
-            let counts = read_after_header(kind, version, r, name)?;
+            let counts = read_after_header(kind, version, src, name)?;
             let mut summaries = Vec::with_capacity(counts.layers.len());
             for (i, l) in counts.layers.iter().enumerate() {
                 let s = l.summary();
@@ -307,6 +317,18 @@ pub fn count_states<R: Read + Send>(reader: StatesReader<R>) -> Result<Counts, I
     finish_counts(header, reader, counters)
 }
 
+/// [`count_states`] of a stream held in memory (a mapped file): the chunks are counted
+/// where they lie, so no thread copies them and the reading thread only checks them.
+pub fn count_states_in_memory(reader: StatesReader<&[u8]>) -> Result<Counts, IoError> {
+    let header = reader.header().clone();
+    let threads = rayon::current_num_threads().max(1);
+    let (reader, counters) = match layer_groups(&header, threads) {
+        Some(groups) => count_by_layers_in_memory(reader, &groups)?,
+        None => count_by_chunks_in_memory(reader, threads)?,
+    };
+    finish_counts(header, reader, counters)
+}
+
 /// Estimated nanoseconds to count one observation of a layer of `neurons` neurons (measured
 /// on LeNet-5: a dense-table increment, a sorted-run push and sort, a hash-map probe).
 fn cost_per_observation(neurons: u32) -> f64 {
@@ -366,6 +388,45 @@ fn fresh_counters(header: &aiq_states::StatesHeader, share: u64) -> Vec<LayerCou
         .collect()
 }
 
+/// Fresh counters for every layer, split into `groups` of layer indices (each counter with
+/// its layer's index).
+fn counters_by_group(
+    header: &aiq_states::StatesHeader,
+    groups: &[Vec<usize>],
+) -> Vec<Vec<(usize, LayerCounter)>> {
+    let mut all: Vec<Option<LayerCounter>> =
+        fresh_counters(header, 1).into_iter().map(Some).collect();
+    groups
+        .iter()
+        .map(|g| {
+            g.iter()
+                .filter_map(|&i| all[i].take().map(|c| (i, c)))
+                .collect()
+        })
+        .collect()
+}
+
+/// Seals this thread's counters, then joins the workers' (re-raising a worker's panic).
+fn seal_and_join(
+    mut own: Vec<(usize, LayerCounter)>,
+    workers: Vec<std::thread::ScopedJoinHandle<'_, Vec<(usize, LayerCounter)>>>,
+) -> Vec<Vec<(usize, LayerCounter)>> {
+    own.iter_mut().for_each(|(_, c)| c.seal());
+    let mut all: Vec<_> = workers
+        .into_iter()
+        .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+        .collect();
+    all.push(own);
+    all
+}
+
+/// The groups' counters back in layer order.
+fn in_layer_order(groups: Vec<Vec<(usize, LayerCounter)>>) -> Vec<LayerCounter> {
+    let mut all: Vec<(usize, LayerCounter)> = groups.into_iter().flatten().collect();
+    all.sort_by_key(|&(i, _)| i);
+    all.into_iter().map(|(_, c)| c).collect()
+}
+
 /// Batches in flight between the reading thread and the layer workers: with one more in the
 /// ring, the reader fills a batch while the workers count the one before. More buffers
 /// (3 or 5 in flight) measured no faster on LeNet-5, only larger.
@@ -409,16 +470,8 @@ fn count_by_layers<R: Read + Send>(
     groups: &[Vec<usize>],
 ) -> Result<(StatesReader<R>, Vec<LayerCounter>), IoError> {
     use std::sync::{mpsc, Arc};
-    let header = reader.header().clone();
-    let mut all: Vec<Option<LayerCounter>> =
-        fresh_counters(&header, 1).into_iter().map(Some).collect();
-    let mut take = |g: &[usize]| -> Vec<(usize, LayerCounter)> {
-        g.iter()
-            .filter_map(|&i| all[i].take().map(|c| (i, c)))
-            .collect()
-    };
-    let mut own = take(&groups[0]);
-    let others: Vec<_> = groups[1..].iter().map(|g| take(g)).collect();
+    let mut others = counters_by_group(reader.header(), groups);
+    let mut own = others.remove(0);
     let mut error = None;
     let finished: Vec<Vec<(usize, LayerCounter)>> = std::thread::scope(|s| {
         let (done_tx, done_rx) = mpsc::channel::<()>();
@@ -482,23 +535,87 @@ fn count_by_layers<R: Read + Send>(
             slot = (slot + 1) % ring.len();
         }
         drop(senders);
-        own.iter_mut().for_each(|(_, c)| c.seal());
-        let mut finished: Vec<_> = handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-            .collect();
-        finished.push(std::mem::take(&mut own));
-        finished
+        seal_and_join(own, handles)
     });
-    if let Some(e) = error {
-        return Err(e);
+    match error {
+        Some(e) => Err(e),
+        None => Ok((reader, in_layer_order(finished))),
     }
-    for (i, c) in finished.into_iter().flatten() {
-        all[i] = Some(c);
+}
+
+/// [`count_by_layers`] of a stream held in memory: this thread checks each chunk, hands the
+/// other threads a view of it and counts its own layers of it; nothing is copied or recycled.
+fn count_by_layers_in_memory<'a>(
+    mut reader: StatesReader<&'a [u8]>,
+    groups: &[Vec<usize>],
+) -> Result<(StatesReader<&'a [u8]>, Vec<LayerCounter>), IoError> {
+    use std::sync::mpsc;
+    let mut others = counters_by_group(reader.header(), groups);
+    let mut own = others.remove(0);
+    let mut error = None;
+    let finished: Vec<Vec<(usize, LayerCounter)>> = std::thread::scope(|s| {
+        let mut senders = Vec::new();
+        let mut handles = Vec::new();
+        for mut mine in others {
+            let (tx, rx) = mpsc::channel::<ChunkRef<'a>>();
+            handles.push(s.spawn(move || {
+                for chunk in rx {
+                    for (i, c) in &mut mine {
+                        c.add_bytes(chunk.layer(*i));
+                    }
+                }
+                mine.iter_mut().for_each(|(_, c)| c.seal());
+                mine
+            }));
+            senders.push(tx);
+        }
+        loop {
+            match reader.next_chunk_ref() {
+                Ok(Some(chunk)) => {
+                    // A worker that has gone panicked; the join below re-raises it.
+                    for tx in &senders {
+                        let _ = tx.send(chunk.clone());
+                    }
+                    for (i, c) in &mut own {
+                        c.add_bytes(chunk.layer(*i));
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    error = Some(e);
+                    break;
+                }
+            }
+        }
+        drop(senders);
+        seal_and_join(own, handles)
+    });
+    match error {
+        Some(e) => Err(e),
+        None => Ok((reader, in_layer_order(finished))),
     }
-    let counters = all.into_iter().flatten().collect::<Vec<_>>();
-    debug_assert_eq!(counters.len(), header.layers.len());
-    Ok((reader, counters))
+}
+
+/// [`count_by_chunks`] of a stream held in memory: a worker takes the reader's lock only to
+/// check the next chunk, then counts it where it lies.
+fn count_by_chunks_in_memory(
+    reader: StatesReader<&[u8]>,
+    threads: usize,
+) -> Result<(StatesReader<&[u8]>, Vec<LayerCounter>), IoError> {
+    let header = reader.header().clone();
+    let fresh = || fresh_counters(&header, threads as u64);
+    let shared = Mutex::new((reader, None::<IoError>));
+    let worker = |shared: &Mutex<(StatesReader<_>, Option<IoError>)>| {
+        let mut counters = fresh();
+        while let Some(chunk) = next_locked(shared, StatesReader::next_chunk_ref) {
+            for (i, c) in counters.iter_mut().enumerate() {
+                c.add_bytes(chunk.layer(i));
+            }
+        }
+        counters.iter_mut().for_each(LayerCounter::seal);
+        counters
+    };
+    merge_workers(shared, threads, worker, fresh)
 }
 
 /// One worker per thread: each takes the reader's lock only to read the next chunk's bytes
@@ -512,25 +629,14 @@ fn count_by_chunks<R: Read + Send>(
     let fresh = || fresh_counters(&header, threads as u64);
     // The reader, and the first error any worker met (which stops the others).
     let shared = Mutex::new((reader, None::<IoError>));
-    let worker = || {
+    let worker = |shared: &Mutex<(StatesReader<_>, Option<IoError>)>| {
         let mut counters = fresh();
         let mut chunk = RawChunk::default();
-        loop {
-            {
-                let mut guard = shared.lock().unwrap_or_else(|e| e.into_inner());
-                let (reader, error) = &mut *guard;
-                if error.is_some() {
-                    break;
-                }
-                match reader.read_raw_chunk_into(&mut chunk) {
-                    Ok(true) => {}
-                    Ok(false) => break,
-                    Err(e) => {
-                        *error = Some(e);
-                        break;
-                    }
-                }
-            }
+        while next_locked(shared, |r| {
+            Ok(r.read_raw_chunk_into(&mut chunk)?.then_some(()))
+        })
+        .is_some()
+        {
             for (i, c) in counters.iter_mut().enumerate() {
                 c.add_bytes(chunk.layer(i));
             }
@@ -538,8 +644,36 @@ fn count_by_chunks<R: Read + Send>(
         counters.iter_mut().for_each(LayerCounter::seal);
         counters
     };
+    merge_workers(shared, threads, worker, fresh)
+}
+
+/// The next item `read` takes from the shared reader under its lock; `None` at the end, or
+/// once any worker has met an error (the first is kept beside the reader).
+fn next_locked<T, C>(
+    shared: &Mutex<(T, Option<IoError>)>,
+    read: impl FnOnce(&mut T) -> Result<Option<C>, IoError>,
+) -> Option<C> {
+    let mut guard = shared.lock().unwrap_or_else(|e| e.into_inner());
+    let (reader, error) = &mut *guard;
+    if error.is_some() {
+        return None;
+    }
+    read(reader).unwrap_or_else(|e| {
+        *error = Some(e);
+        None
+    })
+}
+
+/// Runs `worker` on `threads` threads, then merges their counters, unless one of them left
+/// an error beside the shared reader.
+fn merge_workers<T: Send>(
+    shared: Mutex<(T, Option<IoError>)>,
+    threads: usize,
+    worker: impl Fn(&Mutex<(T, Option<IoError>)>) -> Vec<LayerCounter> + Sync,
+    fresh: impl Fn() -> Vec<LayerCounter>,
+) -> Result<(T, Vec<LayerCounter>), IoError> {
     let mut all: Vec<Vec<LayerCounter>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads).map(|_| s.spawn(worker)).collect();
+        let handles: Vec<_> = (0..threads).map(|_| s.spawn(|| worker(&shared))).collect();
         handles
             .into_iter()
             .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
@@ -669,12 +803,67 @@ mod tests {
                 .unwrap();
             assert_eq!(pool.install(|| count(&bytes)).unwrap(), one);
         }
+        // Counted where it lies (a mapped file), split either way: the same counts.
+        for threads in [1, 2, 3] {
+            let (r, c) = count_by_chunks_in_memory(reader(), threads).unwrap();
+            assert_eq!(whole(r, c), one, "{threads} in-memory chunk workers");
+        }
+        for groups in [vec![vec![0], vec![1]], vec![vec![1], vec![0]]] {
+            let (r, c) = count_by_layers_in_memory(reader(), &groups).unwrap();
+            assert_eq!(whole(r, c), one, "in memory, {groups:?}");
+        }
         // A cut stream fails the same way whichever way it is split.
         let cut = &bytes[..bytes.len() - 40];
         let r = StatesReader::new(cut, "mem").unwrap();
-        assert!(count_by_layers(r, &[vec![0], vec![1]]).is_err());
+        let expected = count_by_layers(r, &[vec![0], vec![1]])
+            .unwrap_err()
+            .to_string();
         let r = StatesReader::new(cut, "mem").unwrap();
-        assert!(count_by_chunks(r, 2).is_err());
+        assert_eq!(count_by_chunks(r, 2).unwrap_err().to_string(), expected);
+        let r = StatesReader::new(cut, "mem").unwrap();
+        let e = count_by_layers_in_memory(r, &[vec![0], vec![1]]).unwrap_err();
+        assert_eq!(e.to_string(), expected);
+        let r = StatesReader::new(cut, "mem").unwrap();
+        let e = count_by_chunks_in_memory(r, 2).unwrap_err();
+        assert_eq!(e.to_string(), expected);
+    }
+
+    #[test]
+    fn bytes_and_reader_sources_give_the_same_counts_and_errors() {
+        let bytes = stream(0, 50);
+        let from_reader = |b: &[u8]| read_any(Source::Reader(Box::new(b)), "s");
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let (a, b) =
+                pool.install(|| (read_any(Source::Bytes(&bytes), "s"), from_reader(&bytes)));
+            assert_eq!(a.unwrap(), b.unwrap(), "{threads} threads");
+            for cut in [bytes.len() - 1, bytes.len() - 20, bytes.len() / 2, 30] {
+                let (a, b) = pool.install(|| {
+                    (
+                        read_any(Source::Bytes(&bytes[..cut]), "s"),
+                        from_reader(&bytes[..cut]),
+                    )
+                });
+                let (a, b) = (a.unwrap_err(), b.unwrap_err());
+                assert!(
+                    matches!(a, CountError::Io(IoError::Truncated { .. })),
+                    "{a}"
+                );
+                assert_eq!(a.to_string(), b.to_string(), "cut {cut}");
+            }
+        }
+        // Bits beyond a layer's neurons (conv1 has 3 of 8) in the last chunk's states.
+        let mut bad = bytes.clone();
+        // The stream ends with the last chunk's 2 inputs: 8 conv states of 1 byte, 2 dense
+        // states of 9 bytes, then the end record (a 4-byte tag, inputs and correct).
+        let end_record = bad.len() - 20;
+        bad[end_record - 2 * 9 - 1] |= 0x80;
+        let a = read_any(Source::Bytes(&bad), "s").unwrap_err();
+        assert!(a.to_string().contains("bits beyond its 3 neurons"), "{a}");
+        assert_eq!(a.to_string(), from_reader(&bad).unwrap_err().to_string());
     }
 
     #[test]

@@ -2,10 +2,9 @@
 //! counts, as the JSON object `score-aiq --json` prints and as a readable table.
 
 use std::fmt;
-use std::io::Read;
 
 use aiq_count::{scan_any, CountError, Counts, LayerSummary, Measurement};
-use aiq_io::Provenance;
+use aiq_io::{Provenance, Source};
 use aiq_states::ModelIdentity;
 use serde::{Deserialize, Serialize};
 
@@ -103,15 +102,15 @@ impl Scorecard {
     /// counts stream is scored as it streams by, never held in memory
     /// ([`aiq_count::scan_any`]); a states stream is counted first. Same numbers as
     /// [`Scorecard::new`] of the same counts.
-    pub fn read(
-        r: impl Read + Send,
+    pub fn read<'a>(
+        src: impl Into<Source<'a>>,
         name: &str,
         beta: f64,
         accuracy: Option<f64>,
         tool: Provenance,
     ) -> Result<Self, ScoreError> {
         let mut sums: Vec<ShannonSum> = Vec::new();
-        let (measurement, summaries) = scan_any(r, name, |i, l, records| {
+        let (measurement, summaries) = scan_any(src, name, |i, l, records| {
             while sums.len() <= i {
                 sums.push(ShannonSum::new(l.observations, l.distinct as usize));
             }

@@ -450,8 +450,47 @@ impl<R: Read> StatesReader<R> {
     /// and the end record are checked as by [`read_chunk_into`](Self::read_chunk_into);
     /// `false` after the end record.
     pub fn read_raw_chunk_into(&mut self, chunk: &mut RawChunk) -> Result<bool, IoError> {
-        if self.ended {
+        let Some((n, predictions)) = self.next_record()? else {
             return Ok(false);
+        };
+        let first = self.read;
+        let total = self.layer_ends(n, &mut chunk.ends);
+        // Read straight into the reused buffer with reads as large as the chunk (no
+        // small first reads served through the input's buffer, no second copy). It
+        // grows by at most doubling what has arrived (or 1 MiB), so a corrupt record
+        // cannot make it allocate much more than the stream holds.
+        let mut got = 0;
+        while got < total {
+            let end = if chunk.bytes.len() >= total {
+                total
+            } else {
+                total.min(got.saturating_mul(2).max(1 << 20))
+            };
+            if chunk.bytes.len() < end {
+                chunk.bytes.resize(end, 0);
+            }
+            let n = read_full(&mut self.r, &mut chunk.bytes[got..end])
+                .map_err(|e| IoError::io(&self.name, e))?;
+            got += n;
+            if got < end {
+                break;
+            }
+        }
+        if got < total {
+            return Err(self.cut_in_chunk(n, got, &chunk.ends));
+        }
+        self.accept_chunk(&predictions, |i| chunk.layer(i))?;
+        chunk.first_input = first;
+        chunk.predictions = predictions;
+        Ok(true)
+    }
+
+    /// Reads and checks the next record: `Some((inputs, predictions))` for a chunk, whose
+    /// states follow, or `None` after a valid end record (checked against everything read,
+    /// and with nothing after it).
+    fn next_record(&mut self) -> Result<Option<(u64, Vec<u8>)>, IoError> {
+        if self.ended {
+            return Ok(None);
         }
         let limit = u64::from(self.header.chunk_inputs) + 64;
         let record: Record = decode_bounded(&mut self.r, limit, &self.name, "states record")
@@ -465,16 +504,11 @@ impl<R: Read> StatesReader<R> {
                 },
                 other => other,
             })?;
-        let corrupt = |detail: String| IoError::Corrupt {
-            name: self.name.clone(),
-            what: "states stream".to_string(),
-            detail,
-        };
         match record {
             Record::End { inputs, correct } => {
                 if inputs != self.read || self.read != self.header.inputs || correct != self.correct
                 {
-                    return Err(corrupt(format!(
+                    return Err(self.corrupt(format!(
                         "end record says {inputs} inputs ({correct} correct); the header announced {} and the chunks hold {} ({} correct)",
                         self.header.inputs, self.read, self.correct
                     )));
@@ -483,13 +517,13 @@ impl<R: Read> StatesReader<R> {
                 loop {
                     match self.r.read(&mut probe) {
                         Ok(0) => break,
-                        Ok(_) => return Err(corrupt("data after the end record".into())),
+                        Ok(_) => return Err(self.corrupt("data after the end record".into())),
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                         Err(e) => return Err(IoError::io(&self.name, e)),
                     }
                 }
                 self.ended = true;
-                Ok(false)
+                Ok(None)
             }
             Record::Chunk {
                 inputs,
@@ -501,73 +535,75 @@ impl<R: Read> StatesReader<R> {
                     || predictions.len() as u64 != n
                     || self.read + n > self.header.inputs
                 {
-                    return Err(corrupt(format!(
+                    return Err(self.corrupt(format!(
                         "chunk of {inputs} inputs with {} predictions after {} of {} inputs",
                         predictions.len(),
                         self.read,
                         self.header.inputs
                     )));
                 }
-                let first = self.read;
-                // Validated in the header: a chunk fits in MAX_CHUNK_BYTES.
-                chunk.ends.clear();
-                let mut total = 0usize;
-                for spec in &self.header.layers {
-                    total += spec.states_for_inputs(n).unwrap_or(0) as usize * spec.state_bytes();
-                    chunk.ends.push(total);
-                }
-                // Read straight into the reused buffer with reads as large as the chunk (no
-                // small first reads served through the input's buffer, no second copy). It
-                // grows by at most doubling what has arrived (or 1 MiB), so a corrupt record
-                // cannot make it allocate much more than the stream holds.
-                let mut got = 0;
-                while got < total {
-                    let end = if chunk.bytes.len() >= total {
-                        total
-                    } else {
-                        total.min(got.saturating_mul(2).max(1 << 20))
-                    };
-                    if chunk.bytes.len() < end {
-                        chunk.bytes.resize(end, 0);
-                    }
-                    let n = read_full(&mut self.r, &mut chunk.bytes[got..end])
-                        .map_err(|e| IoError::io(&self.name, e))?;
-                    got += n;
-                    if got < end {
-                        break;
-                    }
-                }
-                if got < total {
-                    let cut = chunk.ends.iter().position(|&e| got < e).unwrap_or(0);
-                    return Err(IoError::Truncated {
-                        name: self.name.clone(),
-                        what: format!(
-                            "cut inside the states of layer {:?} in inputs {first}..{}",
-                            self.header.layers[cut].name,
-                            first + n
-                        ),
-                    });
-                }
-                for (i, spec) in self.header.layers.iter().enumerate() {
-                    let spare = spec.state_bytes() * 8 - spec.neurons as usize;
-                    if spare > 0 && stray_bits(chunk.layer(i), spec.state_bytes(), spare) {
-                        return Err(corrupt(format!(
-                            "layer {:?} has states with bits beyond its {} neurons",
-                            spec.name, spec.neurons
-                        )));
-                    }
-                }
-                let labels = &self.header.labels[first as usize..(first + n) as usize];
-                self.correct += predictions
-                    .iter()
-                    .zip(labels)
-                    .filter(|(p, l)| p == l)
-                    .count() as u64;
-                self.read += n;
-                chunk.first_input = first;
-                chunk.predictions = predictions;
-                Ok(true)
+                Ok(Some((n, predictions)))
             }
+        }
+    }
+
+    /// The end of each layer's states in a chunk of `n` inputs, into `ends`; the total.
+    fn layer_ends(&self, n: u64, ends: &mut Vec<usize>) -> usize {
+        // Validated in the header: a chunk fits in MAX_CHUNK_BYTES.
+        ends.clear();
+        let mut total = 0usize;
+        for spec in &self.header.layers {
+            total += spec.states_for_inputs(n).unwrap_or(0) as usize * spec.state_bytes();
+            ends.push(total);
+        }
+        total
+    }
+
+    /// The error for a chunk of `n` inputs whose states stop after `got` bytes.
+    fn cut_in_chunk(&self, n: u64, got: usize, ends: &[usize]) -> IoError {
+        let cut = ends.iter().position(|&e| got < e).unwrap_or(0);
+        IoError::Truncated {
+            name: self.name.clone(),
+            what: format!(
+                "cut inside the states of layer {:?} in inputs {}..{}",
+                self.header.layers[cut].name,
+                self.read,
+                self.read + n
+            ),
+        }
+    }
+
+    /// Checks a chunk's states for bits beyond the neurons, then counts it as read.
+    fn accept_chunk<'b>(
+        &mut self,
+        predictions: &[u8],
+        layer: impl Fn(usize) -> &'b [u8],
+    ) -> Result<(), IoError> {
+        for (i, spec) in self.header.layers.iter().enumerate() {
+            let spare = spec.state_bytes() * 8 - spec.neurons as usize;
+            if spare > 0 && stray_bits(layer(i), spec.state_bytes(), spare) {
+                return Err(self.corrupt(format!(
+                    "layer {:?} has states with bits beyond its {} neurons",
+                    spec.name, spec.neurons
+                )));
+            }
+        }
+        let first = self.read as usize;
+        let labels = &self.header.labels[first..first + predictions.len()];
+        self.correct += predictions
+            .iter()
+            .zip(labels)
+            .filter(|(p, l)| p == l)
+            .count() as u64;
+        self.read += predictions.len() as u64;
+        Ok(())
+    }
+
+    fn corrupt(&self, detail: String) -> IoError {
+        IoError::Corrupt {
+            name: self.name.clone(),
+            what: "states stream".to_string(),
+            detail,
         }
     }
 
@@ -584,6 +620,55 @@ impl<R: Read> StatesReader<R> {
     /// Accuracy on the stream's inputs; known once the end record has been read.
     pub fn accuracy(&self) -> Option<f64> {
         (self.ended && self.read > 0).then(|| self.correct as f64 / self.read as f64)
+    }
+}
+
+/// One chunk's states borrowed from a stream held in memory (a mapped file): what
+/// [`RawChunk`] holds, without the copy.
+#[derive(Debug, Clone)]
+pub struct ChunkRef<'a> {
+    /// Index of the chunk's first input.
+    pub first_input: u64,
+    layers: Vec<&'a [u8]>,
+}
+
+impl<'a> ChunkRef<'a> {
+    /// Layer `i`'s states, `ceil(neurons / 8)` bytes each.
+    pub fn layer(&self, i: usize) -> &'a [u8] {
+        self.layers[i]
+    }
+}
+
+impl<'a> StatesReader<&'a [u8]> {
+    /// The next chunk of a stream held in memory, borrowed rather than copied and checked
+    /// as by [`read_raw_chunk_into`](Self::read_raw_chunk_into); `None` after the end
+    /// record.
+    pub fn next_chunk_ref(&mut self) -> Result<Option<ChunkRef<'a>>, IoError> {
+        let Some((n, predictions)) = self.next_record()? else {
+            return Ok(None);
+        };
+        let first = self.read;
+        let mut ends = Vec::with_capacity(self.header.layers.len());
+        let total = self.layer_ends(n, &mut ends);
+        if self.r.len() < total {
+            return Err(self.cut_in_chunk(n, self.r.len(), &ends));
+        }
+        let (bytes, rest) = self.r.split_at(total);
+        self.r = rest;
+        let mut start = 0;
+        let layers: Vec<&'a [u8]> = ends
+            .iter()
+            .map(|&end| {
+                let layer = &bytes[start..end];
+                start = end;
+                layer
+            })
+            .collect();
+        self.accept_chunk(&predictions, |i| layers[i])?;
+        Ok(Some(ChunkRef {
+            first_input: first,
+            layers,
+        }))
     }
 }
 
@@ -769,6 +854,55 @@ mod tests {
             );
             assert!(err.to_string().contains("cut.states"));
         }
+    }
+
+    /// Every chunk of `bytes` read both ways, copied and borrowed (first input and layer
+    /// bytes), then the accuracy; or the error each way.
+    #[allow(clippy::type_complexity)]
+    fn both_ways(bytes: &[u8]) -> [Result<(Vec<(u64, Vec<Vec<u8>>)>, Option<f64>), String>; 2] {
+        let copied = (|| {
+            let mut r = StatesReader::new(bytes, "mem")?;
+            let (mut chunk, mut out) = (RawChunk::default(), Vec::new());
+            while r.read_raw_chunk_into(&mut chunk)? {
+                let layers = (0..chunk.layers()).map(|i| chunk.layer(i).to_vec());
+                out.push((chunk.first_input, layers.collect()));
+            }
+            Ok::<_, IoError>((out, r.accuracy()))
+        })();
+        let borrowed = (|| {
+            let mut r = StatesReader::new(bytes, "mem")?;
+            let mut out = Vec::new();
+            while let Some(chunk) = r.next_chunk_ref()? {
+                let layers = (0..2).map(|i| chunk.layer(i).to_vec());
+                out.push((chunk.first_input, layers.collect()));
+            }
+            Ok::<_, IoError>((out, r.accuracy()))
+        })();
+        [copied, borrowed].map(|r| r.map_err(|e| e.to_string()))
+    }
+
+    #[test]
+    fn borrowed_chunks_are_the_copied_chunks() {
+        let bytes = stream(5);
+        let [copied, borrowed] = both_ways(&bytes);
+        let (chunks, accuracy) = copied.unwrap();
+        assert_eq!(chunks.len(), 3);
+        assert_eq!(accuracy, Some(0.8));
+        assert_eq!(borrowed.unwrap(), (chunks, accuracy));
+        // Cut anywhere, or damaged: the same error either way.
+        for cut in 0..bytes.len() {
+            let [copied, borrowed] = both_ways(&bytes[..cut]);
+            assert!(copied.is_err(), "cut at {cut}");
+            assert_eq!(borrowed, copied, "cut at {cut}");
+        }
+        let mut long = bytes.clone();
+        long.push(0);
+        let [copied, borrowed] = both_ways(&long);
+        assert!(copied
+            .as_ref()
+            .unwrap_err()
+            .contains("after the end record"));
+        assert_eq!(borrowed, copied);
     }
 
     #[test]

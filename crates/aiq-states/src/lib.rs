@@ -19,7 +19,7 @@ mod dump;
 mod pack;
 
 pub use dump::{
-    words_from_le, LayerSpec, ModelIdentity, RawChunk, StatesChunk, StatesHeader, StatesReader,
-    StatesWriter, MAX_CHUNK_BYTES, MAX_NEURONS, MAX_STATES_PER_INPUT, STATES_VERSION,
+    words_from_le, ChunkRef, LayerSpec, ModelIdentity, RawChunk, StatesChunk, StatesHeader,
+    StatesReader, StatesWriter, MAX_CHUNK_BYTES, MAX_NEURONS, MAX_STATES_PER_INPUT, STATES_VERSION,
 };
 pub use pack::{is_on, on, pack_planes, pack_row, pack_rows, words_for};
