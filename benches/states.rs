@@ -217,6 +217,79 @@ fn counts_stream(c: &mut Criterion) {
     g.finish();
 }
 
+/// A whole LeNet-5-like states stream (10k inputs: conv1 20 neurons × 576 positions, conv2
+/// 50 × 64, dense 100), counted as `count-states` counts a pipe (chunks copied into reused
+/// buffers) and as it counts a mapped file (chunks counted where they lie), on 2 threads.
+fn states_stream(c: &mut Criterion) {
+    use aiq_io::{Provenance, Source};
+    use aiq_states::{LayerSpec, StatesHeader, StatesWriter};
+    let inputs = 10_000usize;
+    let layers = [
+        ("conv1", 20, 576, 8),
+        ("conv2", 50, 64, 24),
+        ("dense3", 100, 1, 16),
+    ];
+    let all: Vec<Vec<u64>> = layers
+        .iter()
+        .map(|&(_, n, per, dim)| states(inputs * per, n, dim, 5))
+        .collect();
+    let header = StatesHeader {
+        model: None,
+        dataset: "mnist".into(),
+        split: "test".into(),
+        layers: layers
+            .iter()
+            .map(|&(name, neurons, per, _)| LayerSpec {
+                name: name.into(),
+                neurons: neurons as u32,
+                states_per_input: per as u32,
+            })
+            .collect(),
+        inputs: inputs as u64,
+        chunk_inputs: 256,
+        labels: vec![0; inputs],
+        provenance: Provenance::current("bench", "0"),
+    };
+    let mut w = StatesWriter::new(Vec::new(), "bench", header).expect("a valid header");
+    for first in (0..inputs).step_by(256) {
+        let n = 256.min(inputs - first);
+        let chunk: Vec<&[u64]> = layers
+            .iter()
+            .zip(&all)
+            .map(|(&(_, neurons, per, _), s)| {
+                let w = words_for(neurons);
+                &s[first * per * w..(first + n) * per * w]
+            })
+            .collect();
+        w.write_chunk(&vec![0; n], &chunk).expect("a valid chunk");
+    }
+    let bytes = w.finish().expect("a finished stream");
+    let two = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .expect("a thread pool");
+    let mut g = c.benchmark_group("count_states_stream");
+    g.sample_size(20);
+    g.throughput(Throughput::Bytes(bytes.len() as u64));
+    g.bench_function("lenet5_like_10000_inputs_read_2_threads", |b| {
+        b.iter(|| {
+            two.install(|| aiq_count::read_any(Source::Reader(Box::new(bytes.as_slice())), "b"))
+                .expect("a valid stream")
+                .layers
+                .len()
+        })
+    });
+    g.bench_function("lenet5_like_10000_inputs_in_memory_2_threads", |b| {
+        b.iter(|| {
+            two.install(|| aiq_count::read_any(Source::Bytes(&bytes), "b"))
+                .expect("a valid stream")
+                .layers
+                .len()
+        })
+    });
+    g.finish();
+}
+
 fn entropy(c: &mut Criterion) {
     let s = states(640_000, 50, 24, 4);
     let mut counter = LayerCounter::new(50);
@@ -227,5 +300,12 @@ fn entropy(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, packing, counting, entropy, counts_stream);
+criterion_group!(
+    benches,
+    packing,
+    counting,
+    entropy,
+    counts_stream,
+    states_stream
+);
 criterion_main!(benches);
