@@ -856,10 +856,11 @@ mod tests {
         }
     }
 
-    /// Every chunk of `bytes` read both ways, copied and borrowed (first input and layer
-    /// bytes), then the accuracy; or the error each way.
-    #[allow(clippy::type_complexity)]
-    fn both_ways(bytes: &[u8]) -> [Result<(Vec<(u64, Vec<Vec<u8>>)>, Option<f64>), String>; 2] {
+    /// Each chunk's first input and layers' bytes, then the accuracy.
+    type ReadBack = (Vec<(u64, Vec<Vec<u8>>)>, Option<f64>);
+
+    /// Every chunk of `bytes` read both ways, copied and borrowed; or the error each way.
+    fn both_ways(bytes: &[u8]) -> [Result<ReadBack, String>; 2] {
         let copied = (|| {
             let mut r = StatesReader::new(bytes, "mem")?;
             let (mut chunk, mut out) = (RawChunk::default(), Vec::new());
