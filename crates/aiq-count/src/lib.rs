@@ -307,24 +307,30 @@ impl Counts {
 /// end (`count_by_chunks`). Either way each count is an exact integer sum, so the result
 /// is the same for any thread count.
 pub fn count_states<R: Read + Send>(reader: StatesReader<R>) -> Result<Counts, IoError> {
-    let header = reader.header().clone();
-    let threads = rayon::current_num_threads().max(1);
-    let groups = layer_groups(&header, threads);
-    let (reader, counters) = match groups {
-        Some(groups) => count_by_layers(reader, &groups)?,
-        None => count_by_chunks(reader, threads)?,
-    };
-    finish_counts(header, reader, counters)
+    count_split(reader, count_by_layers, count_by_chunks)
 }
 
 /// [`count_states`] of a stream held in memory (a mapped file): the chunks are counted
 /// where they lie, so no thread copies them and the reading thread only checks them.
 pub fn count_states_in_memory(reader: StatesReader<&[u8]>) -> Result<Counts, IoError> {
+    count_split(reader, count_by_layers_in_memory, count_by_chunks_in_memory)
+}
+
+/// A reader and its counters once every chunk is counted.
+type Counted<R> = Result<(StatesReader<R>, Vec<LayerCounter>), IoError>;
+
+/// Counts with `by_layers` when the layers split evenly among the pool's threads
+/// ([`layer_groups`]), else with `by_chunks`, then checks the end and builds the counts.
+fn count_split<R: Read>(
+    reader: StatesReader<R>,
+    by_layers: impl FnOnce(StatesReader<R>, &[Vec<usize>]) -> Counted<R>,
+    by_chunks: impl FnOnce(StatesReader<R>, usize) -> Counted<R>,
+) -> Result<Counts, IoError> {
     let header = reader.header().clone();
     let threads = rayon::current_num_threads().max(1);
     let (reader, counters) = match layer_groups(&header, threads) {
-        Some(groups) => count_by_layers_in_memory(reader, &groups)?,
-        None => count_by_chunks_in_memory(reader, threads)?,
+        Some(groups) => by_layers(reader, &groups)?,
+        None => by_chunks(reader, threads)?,
     };
     finish_counts(header, reader, counters)
 }
@@ -468,7 +474,7 @@ impl Batch {
 fn count_by_layers<R: Read + Send>(
     mut reader: StatesReader<R>,
     groups: &[Vec<usize>],
-) -> Result<(StatesReader<R>, Vec<LayerCounter>), IoError> {
+) -> Counted<R> {
     use std::sync::{mpsc, Arc};
     let mut others = counters_by_group(reader.header(), groups);
     let mut own = others.remove(0);
@@ -548,7 +554,7 @@ fn count_by_layers<R: Read + Send>(
 fn count_by_layers_in_memory<'a>(
     mut reader: StatesReader<&'a [u8]>,
     groups: &[Vec<usize>],
-) -> Result<(StatesReader<&'a [u8]>, Vec<LayerCounter>), IoError> {
+) -> Counted<&'a [u8]> {
     use std::sync::mpsc;
     let mut others = counters_by_group(reader.header(), groups);
     let mut own = others.remove(0);
@@ -598,10 +604,7 @@ fn count_by_layers_in_memory<'a>(
 
 /// [`count_by_chunks`] of a stream held in memory: a worker takes the reader's lock only to
 /// check the next chunk, then counts it where it lies.
-fn count_by_chunks_in_memory(
-    reader: StatesReader<&[u8]>,
-    threads: usize,
-) -> Result<(StatesReader<&[u8]>, Vec<LayerCounter>), IoError> {
+fn count_by_chunks_in_memory(reader: StatesReader<&[u8]>, threads: usize) -> Counted<&[u8]> {
     let header = reader.header().clone();
     let fresh = || fresh_counters(&header, threads as u64);
     let shared = Mutex::new((reader, None::<IoError>));
@@ -621,10 +624,7 @@ fn count_by_chunks_in_memory(
 /// One worker per thread: each takes the reader's lock only to read the next chunk's bytes
 /// into its own reused buffer, then counts them straight from the bytes into its own
 /// counters while the others read; the counters are merged at the end.
-fn count_by_chunks<R: Read + Send>(
-    reader: StatesReader<R>,
-    threads: usize,
-) -> Result<(StatesReader<R>, Vec<LayerCounter>), IoError> {
+fn count_by_chunks<R: Read + Send>(reader: StatesReader<R>, threads: usize) -> Counted<R> {
     let header = reader.header().clone();
     let fresh = || fresh_counters(&header, threads as u64);
     // The reader, and the first error any worker met (which stops the others).
