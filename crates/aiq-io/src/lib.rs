@@ -22,6 +22,7 @@
 use std::fmt;
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, IsTerminal, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -402,6 +403,7 @@ impl Input {
     }
 
     fn stdin() -> Self {
+        widen_pipe(io::stdin().as_fd());
         Input {
             name: "<stdin>".to_string(),
             reader: Box::new(BufReader::with_capacity(1 << 16, io::stdin())),
@@ -524,6 +526,7 @@ impl Output {
                 if binary && io::stdout().is_terminal() {
                     return Err(IoError::Terminal { name });
                 }
+                widen_pipe(io::stdout().as_fd());
                 Ok(Output {
                     name,
                     inner: OutputInner::Stdout(BufWriter::with_capacity(1 << 16, io::stdout())),
@@ -580,6 +583,28 @@ impl Write for Output {
     }
 }
 
+/// Pipe buffer asked for between stages. Not the 1 MiB an unprivileged process may set: the
+/// kernel charges a pipe's whole capacity to its user, and past 64 MiB
+/// (`/proc/sys/fs/pipe-user-pages-soft`) every new pipe of that user, ours or not, gets one
+/// page. At 256 KiB that takes 256 concurrent pipelines, and the gain is the same within
+/// noise (`count-states S | score-aiq` on LeNet-5, medians of 60: 33.9 ms at 64 KiB, 32.0
+/// at 256 KiB, 31.1 at 1 MiB).
+const PIPE_BYTES: usize = 1 << 18;
+
+/// Widens a pipe between two stages from the kernel's 64 KiB to [`PIPE_BYTES`], so that a
+/// stage writes more before the next one must wake up to drain it: fewer context switches,
+/// and a reader that keeps up. Never narrows a pipe made wider before. Anything but a pipe,
+/// or a refusal (a lower system limit), leaves the descriptor as it was: the pipe still
+/// works, at its default size.
+fn widen_pipe(fd: BorrowedFd<'_>) {
+    #[cfg(target_os = "linux")]
+    if rustix::pipe::fcntl_getpipe_size(fd).is_ok_and(|n| n < PIPE_BYTES) {
+        let _ = rustix::pipe::fcntl_setpipe_size(fd, PIPE_BYTES);
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = fd;
+}
+
 /// Runs a binary's body: prints `tool: error` on one line (with its causes) and exits 1, or
 /// exits 0 quietly when the error is a closed pipe.
 pub fn run_main(tool: &str, body: impl FnOnce() -> Result<(), Box<dyn std::error::Error>>) -> ! {
@@ -606,6 +631,41 @@ pub fn run_main(tool: &str, body: impl FnOnce() -> Result<(), Box<dyn std::error
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn pipes_are_widened_and_other_descriptors_left_alone() {
+        let (r, w) = rustix::pipe::pipe().unwrap();
+        let before = rustix::pipe::fcntl_getpipe_size(&w).unwrap();
+        widen_pipe(w.as_fd());
+        let after = rustix::pipe::fcntl_getpipe_size(&r).unwrap();
+        let limit: usize = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        if limit >= PIPE_BYTES && before < PIPE_BYTES {
+            assert_eq!(after, PIPE_BYTES);
+        } else {
+            assert!(after >= before, "{before} -> {after}");
+        }
+        // Data still flows through the widened pipe.
+        let mut w = File::from(w);
+        w.write_all(b"states").unwrap();
+        drop(w);
+        let mut got = String::new();
+        File::from(r).read_to_string(&mut got).unwrap();
+        assert_eq!(got, "states");
+        // A pipe made wider before stays as wide.
+        let (r, w) = rustix::pipe::pipe().unwrap();
+        if let Ok(wide) = rustix::pipe::fcntl_setpipe_size(&w, 4 * PIPE_BYTES) {
+            widen_pipe(w.as_fd());
+            assert_eq!(rustix::pipe::fcntl_getpipe_size(&r).unwrap(), wide);
+        }
+        // A regular file is not a pipe: nothing happens, nothing fails.
+        let f = tempfile::tempfile().unwrap();
+        widen_pipe(f.as_fd());
+        assert!(rustix::pipe::fcntl_getpipe_size(&f).is_err());
+    }
 
     #[test]
     fn header_round_trip_and_kind_mismatch() {
