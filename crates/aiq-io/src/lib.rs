@@ -343,8 +343,6 @@ impl<'a> Source<'a> {
 pub struct Input {
     name: String,
     reader: Box<dyn Read + Send>,
-    /// Length in bytes when known (a regular file), for bounding decodes.
-    len: Option<u64>,
     /// The whole file mapped into memory ([`Input::open_mapped`]).
     map: Option<memmap2::Mmap>,
 }
@@ -353,7 +351,6 @@ impl fmt::Debug for Input {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Input")
             .field("name", &self.name)
-            .field("len", &self.len)
             .field("mapped", &self.map.is_some())
             .finish()
     }
@@ -381,13 +378,9 @@ impl Input {
             Some(p) => {
                 let name = p.display().to_string();
                 let file = File::open(p).map_err(|e| IoError::io(&name, e))?;
-                let len = file
-                    .metadata()
-                    .ok()
-                    .filter(|m| m.is_file())
-                    .map(|m| m.len());
-                let map = match (len, map_kind) {
-                    (Some(_), Some(kind)) if starts_with(&file, kind.magic()) => {
+                let regular = file.metadata().is_ok_and(|m| m.is_file());
+                let map = match map_kind {
+                    Some(kind) if regular && starts_with(&file, kind.magic()) => {
                         Some(map_file(&file, &name)?)
                     }
                     _ => None,
@@ -395,7 +388,6 @@ impl Input {
                 Ok(Input {
                     name,
                     reader: Box::new(BufReader::with_capacity(1 << 16, file)),
-                    len,
                     map,
                 })
             }
@@ -407,7 +399,6 @@ impl Input {
         Input {
             name: "<stdin>".to_string(),
             reader: Box::new(BufReader::with_capacity(1 << 16, io::stdin())),
-            len: None,
             map: None,
         }
     }
@@ -428,16 +419,6 @@ impl Input {
     /// The name used in error messages.
     pub fn name(&self) -> &str {
         &self.name
-    }
-
-    /// The file's length when it is a regular file.
-    pub fn len(&self) -> Option<u64> {
-        self.len
-    }
-
-    /// True when the input is a regular file of length zero.
-    pub fn is_empty(&self) -> bool {
-        self.len == Some(0)
     }
 
     /// Splits into the name and the reader.
