@@ -95,7 +95,13 @@ def tensorstate():
     cpu["ts_capture"].append(cpu_capture); cpu["ts_count_score"].append(cpu_count_score)
     return capture, count_score
 
-def run(cmd, out=None, key=None):
+def run(cmd, out=None, key=None, fresh=()):
+    # Every round writes new files, as the first one does: the previous round's output is
+    # deleted before the clock starts (truncating a 22 MB file in place frees its pages
+    # inside the timed command, which a run on a new path never pays).
+    for f in (out, *fresh):
+        if f and os.path.exists(f):
+            os.unlink(f)
     t, c = time.perf_counter(), cpu_children()
     with open(out, "wb") if out else open(os.devnull, "wb") as f:
         subprocess.run(cmd, shell=True, check=True, stdout=f)
@@ -113,11 +119,11 @@ mem = []
 for r in range(rounds):
     a, b = tensorstate(); res["ts_capture"].append(a); res["ts_count_score"].append(b)
     res["dump_states"].append(run(f"{B}/dump-states {common} --model {M} --data {D}", S, "dump_states"))
-    res["count_score"].append(run(f"{B}/count-states {common} {S} > {C} && {B}/score-aiq {C}", key="count_score"))
+    res["count_score"].append(run(f"{B}/count-states {common} {S} > {C} && {B}/score-aiq {C}", key="count_score", fresh=(C,)))
     res["count_score_pipe"].append(run(f"{B}/count-states {common} {S} | {B}/score-aiq", key="count_score_pipe"))
     res["score_states"].append(run(f"{B}/score-aiq {common} {S}", key="score_states"))
     if BB:
-        res["base_count_score"].append(run(f"{BB}/count-states {common} {S} > {C} && {BB}/score-aiq {C}", key="base_count_score"))
+        res["base_count_score"].append(run(f"{BB}/count-states {common} {S} > {C} && {BB}/score-aiq {C}", key="base_count_score", fresh=(C,)))
         res["base_score_states"].append(run(f"{BB}/score-aiq {common} {S}", key="base_score_states"))
     res["pipe"].append(run(
         f"/usr/bin/time -f %M -o {W}/m1 {B}/dump-states {common} --model {M} --data {D} | "
