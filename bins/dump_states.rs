@@ -16,7 +16,7 @@ use std::sync::{mpsc, Condvar, Mutex, PoisonError};
 use aiq_data::{load_split_bytes, pixel, DatasetKind, SplitName};
 use aiq_io::{run_main, Input, Output, Provenance};
 use aiq_states::{pack_rows, LayerSpec, ModelIdentity, StatesHeader, StatesWriter};
-use aiq_train::Model;
+use aiq_train::{Model, INPUT};
 use clap::Parser;
 use ndarray::ArrayView2;
 
@@ -91,9 +91,6 @@ fn argmax(row: impl IntoIterator<Item = f32>) -> u8 {
     best.0 as u8
 }
 
-/// Pixels of an image as the models take it (28×28).
-const PIXELS: usize = 28 * 28;
-
 /// A chunk's predictions and each hidden layer's packed states.
 type Chunk = (Vec<u8>, Vec<Vec<u64>>);
 
@@ -104,7 +101,7 @@ type Chunk = (Vec<u8>, Vec<Vec<u64>>);
 fn run_chunk(model: &Model, pixels: &[u8], layers: usize) -> Chunk {
     let floats: Vec<f32> = pixels.iter().map(|&b| pixel(b)).collect();
     let images =
-        ArrayView2::from_shape((pixels.len() / PIXELS, PIXELS), &floats).expect("whole images");
+        ArrayView2::from_shape((pixels.len() / INPUT, INPUT), &floats).expect("whole images");
     let mut packed = vec![Vec::new(); layers];
     let logits = model.forward_states(images, &mut |i, acts| pack_rows(acts, &mut packed[i]));
     let predictions = logits
@@ -146,7 +143,7 @@ fn main() {
         let model = Model::read_from(&mut model_reader, &model_name)?;
         let dataset = args.dataset.unwrap_or(model.meta().dataset);
         let split = load_split_bytes(&args.data, dataset, args.split)?;
-        if split.rows * split.cols != PIXELS {
+        if split.rows * split.cols != INPUT {
             return Err(format!(
                 "{}: {dataset} images are {}x{} pixels; the model takes 28x28",
                 args.data.display(),
@@ -203,7 +200,7 @@ fn main() {
                         if i >= chunks || !wait_for_writer(progress, i, window) {
                             break;
                         }
-                        let images = i * chunk * PIXELS..((i + 1) * chunk).min(n) * PIXELS;
+                        let images = i * chunk * INPUT..((i + 1) * chunk).min(n) * INPUT;
                         let out = run_chunk(model, &split.pixels[images], layers);
                         if done.send((i, out)).is_err() {
                             break;

@@ -578,7 +578,7 @@ fn count_by_layers_in_memory<'a>(
         loop {
             match reader.next_chunk_ref() {
                 Ok(Some(chunk)) => {
-                    // A worker that has gone panicked; the join below re-raises it.
+                    // A send fails only if that worker panicked; the join below re-raises it.
                     for tx in &senders {
                         let _ = tx.send(chunk.clone());
                     }

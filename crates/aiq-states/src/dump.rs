@@ -873,8 +873,9 @@ mod tests {
         let borrowed = (|| {
             let mut r = StatesReader::new(bytes, "mem")?;
             let mut out = Vec::new();
+            let n = r.header().layers.len();
             while let Some(chunk) = r.next_chunk_ref()? {
-                let layers = (0..2).map(|i| chunk.layer(i).to_vec());
+                let layers = (0..n).map(|i| chunk.layer(i).to_vec());
                 out.push((chunk.first_input, layers.collect()));
             }
             Ok::<_, IoError>((out, r.accuracy()))

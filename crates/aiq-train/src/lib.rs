@@ -65,7 +65,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 pub use model::{Model, ModelMeta, FORMAT_VERSION};
-pub use net::WIDTHS;
+pub use net::{INPUT, WIDTHS};
 pub use train::{train, EpochReport, Progress, Stepper, TrainConfig, SHARD};
 
 /// Errors of training and of reading models. Each says what was expected and what was found.

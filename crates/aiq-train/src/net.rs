@@ -15,8 +15,8 @@ use crate::layers::conv::ConvShape;
 use crate::layers::{batchnorm, conv, dense, dropout, elu, loss, pool};
 use crate::{Arch, LayerInfo, Modifier, TrainError};
 
-/// Pixels of one input image.
-pub(crate) const INPUT: usize = 28 * 28;
+/// Pixels of one input image (28×28): what the models take.
+pub const INPUT: usize = 28 * 28;
 /// Output classes.
 pub(crate) const CLASSES: usize = 10;
 /// Kernel side of both convolutions.
