@@ -95,7 +95,11 @@ def tensorstate():
     cpu["ts_capture"].append(cpu_capture); cpu["ts_count_score"].append(cpu_count_score)
     return capture, count_score
 
-def run(cmd, out=None, key=None, fresh=()):
+def run(*stages, out=None, key=None, fresh=(), seq=False):
+    # Our stages are spawned directly, not through /bin/sh: the shell's own start (about
+    # 1.5 ms here) is no more our tools' time than Python's start is TensorState's. Stages
+    # run as a pipeline (each one's stdout into the next one's stdin), or one after another
+    # with `seq`; the last one writes to `out` (or /dev/null).
     # Every round writes new files, as the first one does: the previous round's output is
     # deleted before the clock starts (truncating a 22 MB file in place frees its pages
     # inside the timed command, which a run on a new path never pays).
@@ -104,13 +108,29 @@ def run(cmd, out=None, key=None, fresh=()):
             os.unlink(f)
     t, c = time.perf_counter(), cpu_children()
     with open(out, "wb") if out else open(os.devnull, "wb") as f:
-        subprocess.run(cmd, shell=True, check=True, stdout=f)
+        if seq:
+            for argv, dest in stages:
+                with open(dest, "wb") if dest else open(os.devnull, "wb") as d:
+                    subprocess.run(argv, check=True, stdout=d)
+        else:
+            procs, prev = [], None
+            for i, argv in enumerate(stages):
+                last = i == len(stages) - 1
+                p = subprocess.Popen(argv, stdin=prev, stdout=f if last else subprocess.PIPE)
+                if prev is not None:
+                    prev.close()
+                prev = p.stdout
+                procs.append(p)
+            for p in procs:
+                if p.wait() != 0:
+                    raise SystemExit(f"{p.args} failed")
     if key:
         cpu[key].append(cpu_children() - c)
     return time.perf_counter() - t
 
 S, C = f"{W}/states.bin", f"{W}/counts.bin"
-common = f"--threads {th}"
+th_args = ["--threads", str(th)]
+dump = [f"{B}/dump-states", *th_args, "--model", M, "--data", D]
 res = {k: [] for k in ("ts_capture", "ts_count_score", "dump_states", "count_score", "count_score_pipe", "score_states", "pipe")}
 if BB:
     res.update(base_count_score=[], base_score_states=[])
@@ -118,16 +138,15 @@ cpu = {k: [] for k in res if k != "pipe"}
 mem = []
 for r in range(rounds):
     a, b = tensorstate(); res["ts_capture"].append(a); res["ts_count_score"].append(b)
-    res["dump_states"].append(run(f"{B}/dump-states {common} --model {M} --data {D}", S, "dump_states"))
-    res["count_score"].append(run(f"{B}/count-states {common} {S} > {C} && {B}/score-aiq {C}", key="count_score", fresh=(C,)))
-    res["count_score_pipe"].append(run(f"{B}/count-states {common} {S} | {B}/score-aiq", key="count_score_pipe"))
-    res["score_states"].append(run(f"{B}/score-aiq {common} {S}", key="score_states"))
-    if BB:
-        res["base_count_score"].append(run(f"{BB}/count-states {common} {S} > {C} && {BB}/score-aiq {C}", key="base_count_score", fresh=(C,)))
-        res["base_score_states"].append(run(f"{BB}/score-aiq {common} {S}", key="base_score_states"))
-    res["pipe"].append(run(
-        f"/usr/bin/time -f %M -o {W}/m1 {B}/dump-states {common} --model {M} --data {D} | "
-        f"/usr/bin/time -f %M -o {W}/m2 {B}/count-states {common} | /usr/bin/time -f %M -o {W}/m3 {B}/score-aiq --json"))
+    res["dump_states"].append(run(dump, out=S, key="dump_states"))
+    for tag, bin_ in (("", B), ("base_", BB)) if BB else (("", B),):
+        res[tag + "count_score"].append(run(([f"{bin_}/count-states", *th_args, S], C), ([f"{bin_}/score-aiq", C], None),
+                                            seq=True, key=tag + "count_score", fresh=(C,)))
+        if not tag:
+            res["count_score_pipe"].append(run([f"{B}/count-states", *th_args, S], [f"{B}/score-aiq"], key="count_score_pipe"))
+        res[tag + "score_states"].append(run([f"{bin_}/score-aiq", *th_args, S], key=tag + "score_states"))
+    timed = lambda i, argv: ["/usr/bin/time", "-f", "%M", "-o", f"{W}/m{i}", *argv]
+    res["pipe"].append(run(timed(1, dump), timed(2, [f"{B}/count-states", *th_args]), timed(3, [f"{B}/score-aiq", "--json"])))
     mem.append(sum(int(open(f"{W}/m{i}").read().split()[-1]) for i in (1, 2, 3)) / 1024)
 med = {k: statistics.median(v) for k, v in res.items()}
 print(json.dumps({
