@@ -21,7 +21,7 @@
 //! Integers are little-endian; a state's bit i is neuron i. `count_bytes` is the fewest bytes
 //! (1 to 8) that hold the layer's largest count. Sorted states are close together (half of
 //! LeNet-5 conv2's gaps fit 14 bits) and most are seen once, so the blocks take about half
-//! the bytes of fixed-width records (version 2: LeNet-5's counts took 4.3 MB, now 2.3 MB),
+//! the bytes of fixed-width records (version 2: LeNet-5's counts took 4.3 MB, now 2.2 MB),
 //! which is what a pipe or a file between `count-states` and `score-aiq` costs; decoding
 //! stays one load and mask per field. Version 1 stored whole `u64` words: 7.7 MB.
 //!
@@ -312,9 +312,7 @@ impl<'r, R: Read> Feed<'r, R> {
         }
     }
 
-    /// The next `n` bytes and whatever is buffered after them (which the caller may load
-    /// past its fields, and mask), or `Err(found)` with the bytes there were if the stream
-    /// ends first.
+    /// The next `n` bytes, or `Err(found)` with the bytes there were if the stream ends first.
     fn take(&mut self, n: usize) -> io::Result<Result<&[u8], usize>> {
         if self.buf.len() - self.at < n {
             self.buf.drain(..self.at);
@@ -329,7 +327,7 @@ impl<'r, R: Read> Feed<'r, R> {
             }
         }
         self.at += n;
-        Ok(Ok(&self.buf[self.at - n..]))
+        Ok(Ok(&self.buf[self.at - n..self.at]))
     }
 
     /// Whether the stream has ended with nothing left over.
@@ -532,7 +530,7 @@ pub fn scan_counts_after_magic(
                     };
                     // The layer's first state is its own gap, and may be 0.
                     prev = decode_block(
-                        &block[..n * (g + c)],
+                        block,
                         (g, c),
                         prev,
                         done == 0,
@@ -568,7 +566,7 @@ pub fn scan_counts_after_magic(
             while done < summary.distinct {
                 let n = (summary.distinct - done).min(block_records);
                 let bytes = match feed.take(n as usize * rec).map_err(io)? {
-                    Ok(b) => &b[..n as usize * rec],
+                    Ok(b) => b,
                     Err(found) => return Err(cut(done + (found / rec) as u64)),
                 };
                 counts.clear();
