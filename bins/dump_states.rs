@@ -57,7 +57,9 @@ struct Args {
     threads: Option<usize>,
     /// Images per chunk. Fixed whatever the thread count, so the stream does not depend on
     /// it; it trades memory (a chunk's activations per thread) against per-call overhead.
-    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    // 32 rather than 64: a LeNet-5 (20,…) chunk's first conv output (1.5 MB) stays in cache
+    // for the pooling and the next layer; 2–8% faster in three A/B runs of 10k images.
+    #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=65536))]
     chunk_images: u32,
 }
 
