@@ -139,12 +139,20 @@ mem = []
 for r in range(rounds):
     a, b = tensorstate(); res["ts_capture"].append(a); res["ts_count_score"].append(b)
     res["dump_states"].append(run(dump, out=S, key="dump_states"))
+    # Our measurements after the capture, in the opposite order every other round: the
+    # first one after `dump-states` (which has just freed its memory) pays more for fresh
+    # pages on this host, and no stage or build should always be the one to pay.
+    steps = []
     for tag, bin_ in (("", B), ("base_", BB)) if BB else (("", B),):
-        res[tag + "count_score"].append(run(([f"{bin_}/count-states", *th_args, S], C), ([f"{bin_}/score-aiq", C], None),
-                                            seq=True, key=tag + "count_score", fresh=(C,)))
+        steps.append((tag + "count_score", lambda bin_=bin_: run(([f"{bin_}/count-states", *th_args, S], C),
+                                                                ([f"{bin_}/score-aiq", C], None), seq=True, fresh=(C,))))
         if not tag:
-            res["count_score_pipe"].append(run([f"{B}/count-states", *th_args, S], [f"{B}/score-aiq"], key="count_score_pipe"))
-        res[tag + "score_states"].append(run([f"{bin_}/score-aiq", *th_args, S], key=tag + "score_states"))
+            steps.append(("count_score_pipe", lambda: run([f"{B}/count-states", *th_args, S], [f"{B}/score-aiq"])))
+        steps.append((tag + "score_states", lambda bin_=bin_: run([f"{bin_}/score-aiq", *th_args, S])))
+    for key, step in steps if r % 2 == 0 else reversed(steps):
+        c = cpu_children()
+        res[key].append(step())
+        cpu[key].append(cpu_children() - c)
     timed = lambda i, argv: ["/usr/bin/time", "-f", "%M", "-o", f"{W}/m{i}", *argv]
     res["pipe"].append(run(timed(1, dump), timed(2, [f"{B}/count-states", *th_args]), timed(3, [f"{B}/score-aiq", "--json"])))
     mem.append(sum(int(open(f"{W}/m{i}").read().split()[-1]) for i in (1, 2, 3)) / 1024)
