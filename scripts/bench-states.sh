@@ -144,15 +144,13 @@ for r in range(rounds):
     # pages on this host, and no stage or build should always be the one to pay.
     steps = []
     for tag, bin_ in (("", B), ("base_", BB)) if BB else (("", B),):
-        steps.append((tag + "count_score", lambda bin_=bin_: run(([f"{bin_}/count-states", *th_args, S], C),
-                                                                ([f"{bin_}/score-aiq", C], None), seq=True, fresh=(C,))))
+        count, score = [f"{bin_}/count-states", *th_args], f"{bin_}/score-aiq"
+        steps.append((tag + "count_score", ((count + [S], C), ([score, C], None)), dict(seq=True, fresh=(C,))))
         if not tag:
-            steps.append(("count_score_pipe", lambda: run([f"{B}/count-states", *th_args, S], [f"{B}/score-aiq"])))
-        steps.append((tag + "score_states", lambda bin_=bin_: run([f"{bin_}/score-aiq", *th_args, S])))
-    for key, step in steps if r % 2 == 0 else reversed(steps):
-        c = cpu_children()
-        res[key].append(step())
-        cpu[key].append(cpu_children() - c)
+            steps.append(("count_score_pipe", (count + [S], [score]), {}))
+        steps.append((tag + "score_states", ([score, *th_args, S],), {}))
+    for key, stages, kw in steps if r % 2 == 0 else reversed(steps):
+        res[key].append(run(*stages, key=key, **kw))
     timed = lambda i, argv: ["/usr/bin/time", "-f", "%M", "-o", f"{W}/m{i}", *argv]
     res["pipe"].append(run(timed(1, dump), timed(2, [f"{B}/count-states", *th_args]), timed(3, [f"{B}/score-aiq", "--json"])))
     mem.append(sum(int(open(f"{W}/m{i}").read().split()[-1]) for i in (1, 2, 3)) / 1024)
