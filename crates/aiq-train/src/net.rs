@@ -443,8 +443,12 @@ impl Workspace {
             mask,
             xhat,
             bn_part,
+            // At inference, a convolution the direct kernels take uses one image's worth
+            // of scratch: a full-size buffer would only spread the touched ones over more
+            // pages, each zeroed whole on first touch.
             cols: per(&|l| match &l.op {
-                Op::Conv { s, .. } => s.col_len(cap),
+                Op::Conv { s, .. } if train || conv::forward_uses_im2col(s) => s.col_len(cap),
+                Op::Conv { s, .. } => s.col_len(1),
                 _ => 0,
             })
             .into_iter()

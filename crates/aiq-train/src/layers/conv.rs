@@ -145,7 +145,7 @@ pub(crate) fn forward(
 }
 
 /// Whether [`forward`] takes the im2col path for `s` (and so leaves the im2col in `col`).
-fn forward_uses_im2col(s: &ConvShape) -> bool {
+pub(crate) fn forward_uses_im2col(s: &ConvShape) -> bool {
     !direct::applies_multi(s) && !direct::applies(s)
 }
 
