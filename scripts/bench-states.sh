@@ -98,21 +98,21 @@ def tensorstate():
 def run(*stages, out=None, key=None, fresh=(), seq=False):
     # Our stages are spawned directly, not through /bin/sh: the shell's own start (about
     # 1.5 ms here) is no more our tools' time than Python's start is TensorState's. Stages
-    # run as a pipeline (each one's stdout into the next one's stdin), or one after another
-    # with `seq`; the last one writes to `out` (or /dev/null).
+    # run as a pipeline (each one's stdout into the next one's stdin, the last one's into
+    # `out` or /dev/null), or one after another with `seq`, each as (argv, destination).
     # Every round writes new files, as the first one does: the previous round's output is
     # deleted before the clock starts (truncating a 22 MB file in place frees its pages
     # inside the timed command, which a run on a new path never pays).
     for f in (out, *fresh):
-        if f and os.path.exists(f):
+        if f and os.path.isfile(f):  # a regular file: never a device such as /dev/null
             os.unlink(f)
     t, c = time.perf_counter(), cpu_children()
-    with open(out, "wb") if out else open(os.devnull, "wb") as f:
-        if seq:
-            for argv, dest in stages:
-                with open(dest, "wb") if dest else open(os.devnull, "wb") as d:
-                    subprocess.run(argv, check=True, stdout=d)
-        else:
+    if seq:
+        for argv, dest in stages:
+            with open(dest, "wb") if dest else open(os.devnull, "wb") as d:
+                subprocess.run(argv, check=True, stdout=d)
+    else:
+        with open(out, "wb") if out else open(os.devnull, "wb") as f:
             procs, prev = [], None
             for i, argv in enumerate(stages):
                 last = i == len(stages) - 1

@@ -500,7 +500,7 @@ pub fn scan_counts_after_magic(
         let mut flags = Flags::default();
         let mut done = 0u64;
         if nb <= DELTA_MAX_BYTES {
-            // Bits beyond the neurons: states ascend, so checking each batch's last is enough.
+            // Bits beyond the neurons: states ascend, so checking each block's last is enough.
             let beyond = if lh.neurons < 64 {
                 !((1u64 << lh.neurons) - 1)
             } else {
