@@ -364,9 +364,9 @@ impl Input {
 
     /// Opens `path` as [`Input::open`] does, and maps a regular file that holds a `kind`
     /// stream into memory as well, so that a reader can take its bytes from
-    /// [`source`](Input::source) without copying them: reading a 22 MB states file was 6–8 ms of copying on the
-    /// critical path of `count-states`. Other files (a 4 MB counts file was read faster than
-    /// mapped) and standard input are read as usual.
+    /// [`source`](Input::source) without copying them: reading a 22 MB states file was
+    /// 6–8 ms of copying on the critical path of `count-states`. Other files (a 4 MB counts
+    /// file was read faster than mapped) and standard input are read as usual.
     pub fn open_mapped(path: Option<&Path>, kind: StreamKind) -> Result<Self, IoError> {
         Self::open_with(path, Some(kind))
     }
