@@ -392,8 +392,9 @@ impl Workspace {
             .into_iter()
             .map(|n| vec![0.0; n])
             .collect();
+        // Argmax of each pooling window, for the backward pass only.
         let arg = per(&|l| {
-            if matches!(l.op, Op::Pool { .. }) {
+            if train && matches!(l.op, Op::Pool { .. }) {
                 cap * l.out_size
             } else {
                 0
@@ -489,7 +490,7 @@ impl Workspace {
         let (before, after) = self.outs.split_at_mut(pool);
         let x = &before[elu - 1][..n * net.layers[elu].in_size];
         let y = &mut after[0][..n * net.layers[pool].out_size];
-        pool::forward(x, n, h, w, c, y, &mut self.arg[pool]);
+        pool::forward(x, n, h, w, c, y, None);
         elu::forward_in_place(y);
     }
 
@@ -564,7 +565,10 @@ impl Workspace {
                 y,
             ),
             Op::Elu => elu::forward(x, y),
-            Op::Pool { h, w, c } => pool::forward(x, n, *h, *w, *c, y, &mut self.arg[l]),
+            Op::Pool { h, w, c } => {
+                let arg = ctx.train.then_some(&mut self.arg[l][..]);
+                pool::forward(x, n, *h, *w, *c, y, arg)
+            }
             Op::Dropout if ctx.train => {
                 let k = self.key;
                 let mut seed = [0u8; 32];

@@ -155,9 +155,9 @@ mod tests {
         let (mut arg, mut e) = (vec![0u8; out], vec![0.0; x.len()]);
         forward(&x, &mut e);
         let mut want = vec![0.0; out];
-        crate::layers::pool::forward(&e, n, h, w, c, &mut want, &mut arg);
+        crate::layers::pool::forward(&e, n, h, w, c, &mut want, Some(&mut arg));
         let mut got = vec![0.0; out];
-        crate::layers::pool::forward(&x, n, h, w, c, &mut got, &mut arg);
+        crate::layers::pool::forward(&x, n, h, w, c, &mut got, None);
         forward_in_place(&mut got);
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&got), bits(&want));

@@ -1,9 +1,10 @@
 //! Max pooling, 2×2 windows, stride 2, on NHWC activations ('valid': an odd last row or
 //! column is dropped, as in Keras).
 
-/// `y = maxpool(x)` for `n` images of `h×w×c`; `arg` records which of the 4 window cells
-/// won (first maximum on ties) for the backward pass.
-#[multiversion::multiversion(targets("x86_64+avx2"))]
+/// `y = maxpool(x)` for `n` images of `h×w×c`; `arg`, when given (training), records which
+/// of the 4 window cells won (first maximum on ties) for the backward pass. Inference
+/// passes none and takes the max alone (a compare-and-select per cell, which vectorizes;
+/// the argmax bookkeeping cost as much again). Either way the same maxima, to the bit.
 pub(crate) fn forward(
     x: &[f32],
     n: usize,
@@ -11,8 +12,22 @@ pub(crate) fn forward(
     w: usize,
     c: usize,
     y: &mut [f32],
-    arg: &mut [u8],
+    arg: Option<&mut [u8]>,
 ) {
+    match arg {
+        Some(arg) => {
+            assert!(
+                arg.len() >= n * (h / 2) * (w / 2) * c,
+                "pool: argmax buffer too short"
+            );
+            forward_arg(x, n, h, w, c, y, arg)
+        }
+        None => forward_max(x, n, h, w, c, y),
+    }
+}
+
+#[multiversion::multiversion(targets("x86_64+avx2"))]
+fn forward_arg(x: &[f32], n: usize, h: usize, w: usize, c: usize, y: &mut [f32], arg: &mut [u8]) {
     let (oh, ow) = (h / 2, w / 2);
     let images = x.chunks_exact(h * w * c).zip(
         y.chunks_exact_mut(oh * ow * c)
@@ -45,6 +60,35 @@ pub(crate) fn forward(
                     }
                     *yv = best;
                     *av = at;
+                }
+            }
+        }
+    }
+}
+
+/// [`forward_arg`]'s maxima alone: the same comparisons in the same order.
+#[multiversion::multiversion(targets("x86_64+avx2"))]
+fn forward_max(x: &[f32], n: usize, h: usize, w: usize, c: usize, y: &mut [f32]) {
+    let (oh, ow) = (h / 2, w / 2);
+    let images = x
+        .chunks_exact(h * w * c)
+        .zip(y.chunks_exact_mut(oh * ow * c));
+    for (img, yi) in images.take(n) {
+        for (pair, yr) in img.chunks_exact(2 * w * c).zip(yi.chunks_exact_mut(ow * c)) {
+            let (r0, r1) = pair.split_at(w * c);
+            let cells = r0.chunks_exact(2 * c).zip(r1.chunks_exact(2 * c));
+            for ((top, bottom), yc) in cells.zip(yr.chunks_exact_mut(c)) {
+                let (t0, t1) = top.split_at(c);
+                let (b0, b1) = bottom.split_at(c);
+                let cols = t0.iter().zip(t1).zip(b0.iter().zip(b1));
+                for (((&v0, &v1), (&v2, &v3)), yv) in cols.zip(yc.iter_mut()) {
+                    let mut best = v0;
+                    for v in [v1, v2, v3] {
+                        if v > best {
+                            best = v;
+                        }
+                    }
+                    *yv = best;
                 }
             }
         }
@@ -91,7 +135,7 @@ mod tests {
             1., 2., 0., 0., 3., 4., 0., 9., -1., -2., 5., 5., -3., -4., 5., 5.,
         ];
         let (mut y, mut a) = (vec![0.0; 4], vec![0u8; 4]);
-        forward(&x, 1, 4, 4, 1, &mut y, &mut a);
+        forward(&x, 1, 4, 4, 1, &mut y, Some(&mut a));
         assert_eq!(y, vec![4., 9., -1., 5.]);
         assert_eq!(a, vec![3, 3, 0, 0]);
     }
@@ -107,7 +151,7 @@ mod tests {
             .collect();
         let (oh, ow) = (h / 2, w / 2);
         let (mut y, mut a) = (vec![0.0; n * oh * ow * c], vec![9u8; n * oh * ow * c]);
-        forward(&x, n, h, w, c, &mut y, &mut a);
+        forward(&x, n, h, w, c, &mut y, Some(&mut a));
         for i in 0..n {
             for (oy, ox, ch) in
                 (0..oh).flat_map(|p| (0..ow).flat_map(move |q| (0..c).map(move |r| (p, q, r))))
@@ -127,6 +171,45 @@ mod tests {
         }
     }
 
+    /// Inference's max alone and training's max with argmax: the same bits, ties, signed
+    /// zeros, infinities and NaN included (a NaN wins only in a window's first cell).
+    #[test]
+    fn max_alone_is_the_max_with_argmax() {
+        let (n, h, w, c) = (3, 6, 4, 5);
+        let mut g = rng(7);
+        let special = [
+            f32::NAN,
+            0.0,
+            -0.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            1.0,
+            -1.0,
+        ];
+        let x: Vec<f32> = uniform(&mut g, n * h * w * c, -2.0, 2.0)
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                if i % 2 == 0 {
+                    special[(i / 2) % 7]
+                } else {
+                    v.round()
+                }
+            })
+            .collect();
+        let out = n * (h / 2) * (w / 2) * c;
+        let (mut want, mut a) = (vec![0.0; out], vec![0u8; out]);
+        forward(&x, n, h, w, c, &mut want, Some(&mut a));
+        let mut got = vec![1.5; out];
+        forward(&x, n, h, w, c, &mut got, None);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&got), bits(&want));
+        assert!(
+            want.iter().any(|v| v.is_nan())
+                && want.iter().any(|v| v.to_bits() == (-0.0f32).to_bits())
+        );
+    }
+
     #[test]
     fn gradients_match_finite_differences() {
         let (n, h, w, c) = (2, 4, 6, 3);
@@ -141,11 +224,11 @@ mod tests {
         let out = n * (h / 2) * (w / 2) * c;
         let r = uniform(&mut g, out, -1.0, 1.0);
         let (mut y, mut a) = (vec![0.0; out], vec![0u8; out]);
-        forward(&x, n, h, w, c, &mut y, &mut a);
+        forward(&x, n, h, w, c, &mut y, Some(&mut a));
         let mut dx = vec![0.0; len];
         backward(&r, &a, n, h, w, c, &mut dx);
         grad_check("pool dx", &mut x, &dx, 1, 1e-2, |x| {
-            forward(x, n, h, w, c, &mut y, &mut a);
+            forward(x, n, h, w, c, &mut y, None);
             dot(&r, &y)
         });
     }
