@@ -1,7 +1,7 @@
 //! End to end on the MNIST fixture: `train | dump-states | score-aiq` through pipes and the
 //! same stages through files give identical numbers; the thread count does not change the
-//! states; damaged, cut or foreign streams give one clear error and a non-zero exit, and a
-//! pipe closed early ends quietly.
+//! states; damaged, cut or foreign streams give one clear error and a non-zero exit, a
+//! pipe closed early ends quietly, and an output named by a FIFO is written into it.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -385,4 +385,46 @@ fn closed_pipe_ends_quietly() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// `-o` naming a FIFO (as `/dev/null`, `/dev/stdout` or a shell's `>(...)` do: not regular
+/// files) writes into it and leaves it a FIFO, where a rename into place would replace it.
+#[test]
+fn output_to_a_fifo_is_written_into_it() {
+    use std::os::unix::fs::FileTypeExt;
+    let r = run();
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("counts.fifo");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(fifo).unwrap())
+    };
+    let out = bin("count-states")
+        .arg(r.path("states.bin"))
+        .arg("-o")
+        .arg(&fifo)
+        .output()
+        .unwrap();
+    ok(out, "count-states -o FIFO");
+    // Checked before the join: had the FIFO been replaced, its reader would wait forever.
+    assert!(std::fs::symlink_metadata(&fifo)
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    let counts = reader.join().unwrap();
+    let from_fifo = ok(feed(bin("score-aiq").arg("--json"), &counts), "score-aiq -");
+    let direct = ok(
+        bin("score-aiq")
+            .arg("--json")
+            .arg(r.path("states.bin"))
+            .output()
+            .unwrap(),
+        "score-aiq states",
+    );
+    assert_eq!(numbers(&from_fifo), numbers(&direct));
 }

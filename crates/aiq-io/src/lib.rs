@@ -453,7 +453,11 @@ impl Read for Input {
 /// An output: a temporary file renamed into place on [`Output::commit`], or standard output.
 ///
 /// Dropping an uncommitted file output deletes the temporary file, so an error or a kill
-/// leaves nothing under the final name.
+/// leaves nothing under the final name. A path that names something other than a regular
+/// file (`/dev/null`, a FIFO, `/dev/stdout`, a process substitution's `/dev/fd/N`) is
+/// written directly: renaming over it would replace a device or a pipe with a file (run as
+/// root, `-o /dev/null` did just that). A symbolic link is followed, so the file it points
+/// to is replaced and the link kept.
 #[derive(Debug)]
 pub struct Output {
     name: String,
@@ -466,6 +470,8 @@ enum OutputInner {
         writer: BufWriter<tempfile::NamedTempFile>,
         path: PathBuf,
     },
+    /// A device or a FIFO, written where it is.
+    Direct(BufWriter<File>),
     Stdout(BufWriter<io::Stdout>),
 }
 
@@ -476,6 +482,34 @@ impl Output {
         match path {
             Some(p) if p.as_os_str() != "-" => {
                 let name = p.display().to_string();
+                // What the path names, through any symbolic links.
+                let target = match std::fs::metadata(p) {
+                    Ok(m) if m.is_dir() => {
+                        return Err(IoError::io(
+                            &name,
+                            io::Error::new(io::ErrorKind::IsADirectory, "is a directory"),
+                        ))
+                    }
+                    Ok(m) if !m.is_file() => {
+                        let file = std::fs::OpenOptions::new()
+                            .write(true)
+                            .open(p)
+                            .map_err(|e| IoError::io(&name, e))?;
+                        if binary && file.is_terminal() {
+                            return Err(IoError::Terminal { name });
+                        }
+                        widen_pipe(file.as_fd());
+                        return Ok(Output {
+                            name,
+                            inner: OutputInner::Direct(BufWriter::with_capacity(1 << 16, file)),
+                        });
+                    }
+                    Ok(_) if p.is_symlink() => {
+                        std::fs::canonicalize(p).map_err(|e| IoError::io(&name, e))?
+                    }
+                    _ => p.to_path_buf(),
+                };
+                let p = target.as_path();
                 let dir = match p.parent() {
                     Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
                     _ => PathBuf::from("."),
@@ -521,6 +555,7 @@ impl Output {
         let name = self.name;
         match self.inner {
             OutputInner::Stdout(mut w) => w.flush().map_err(|e| IoError::io(&name, e)),
+            OutputInner::Direct(mut w) => w.flush().map_err(|e| IoError::io(&name, e)),
             OutputInner::File { writer, path } => {
                 let tmp = writer
                     .into_inner()
@@ -540,6 +575,7 @@ impl Write for Output {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match &mut self.inner {
             OutputInner::File { writer, .. } => writer.write(buf),
+            OutputInner::Direct(w) => w.write(buf),
             OutputInner::Stdout(w) => w.write(buf),
         }
     }
@@ -547,6 +583,7 @@ impl Write for Output {
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
         match &mut self.inner {
             OutputInner::File { writer, .. } => writer.write_all(buf),
+            OutputInner::Direct(w) => w.write_all(buf),
             OutputInner::Stdout(w) => w.write_all(buf),
         }
     }
@@ -554,6 +591,7 @@ impl Write for Output {
     fn flush(&mut self) -> io::Result<()> {
         match &mut self.inner {
             OutputInner::File { writer, .. } => writer.flush(),
+            OutputInner::Direct(w) => w.flush(),
             OutputInner::Stdout(w) => w.flush(),
         }
     }
@@ -744,5 +782,45 @@ mod tests {
         out.write_all(b"whole").unwrap();
         out.commit().unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"whole");
+    }
+
+    /// A FIFO is written where it is, never replaced by a file; a symbolic link keeps
+    /// pointing at the file it names, which gets the output; a directory is refused.
+    #[test]
+    fn outputs_keep_fifos_links_and_directories() {
+        use std::os::unix::fs::FileTypeExt;
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let reader = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || std::fs::read(fifo).unwrap())
+        };
+        let mut out = Output::create(Some(&fifo), true).unwrap();
+        out.write_all(b"through the pipe").unwrap();
+        out.commit().unwrap();
+        // Checked before the join: had the FIFO been replaced, its reader would wait forever.
+        let kind = std::fs::symlink_metadata(&fifo).unwrap().file_type();
+        assert!(kind.is_fifo());
+        assert_eq!(reader.join().unwrap(), b"through the pipe");
+
+        let target = dir.path().join("target.bin");
+        std::fs::write(&target, b"old").unwrap();
+        let link = dir.path().join("link.bin");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let mut out = Output::create(Some(&link), true).unwrap();
+        out.write_all(b"new").unwrap();
+        out.commit().unwrap();
+        assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
+        assert_eq!(std::fs::read(&target).unwrap(), b"new");
+        // Nothing else: no temporary file left beside them.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 3);
+
+        let err = Output::create(Some(dir.path()), true).unwrap_err();
+        assert!(err.to_string().contains("directory"), "{err}");
     }
 }
