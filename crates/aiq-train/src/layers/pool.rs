@@ -3,8 +3,8 @@
 
 /// `y = maxpool(x)` for `n` images of `h×w×c`; `arg`, when given (training), records which
 /// of the 4 window cells won (first maximum on ties) for the backward pass. Inference
-/// passes none and takes the max alone (a compare-and-select per cell, which vectorizes;
-/// the argmax bookkeeping cost as much again). Either way the same maxima, to the bit.
+/// passes none and takes the max alone, a compare-and-select per cell (a `vmaxps`), with
+/// no index to keep. Either way the same maxima, to the bit.
 pub(crate) fn forward(
     x: &[f32],
     n: usize,
