@@ -131,6 +131,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     run_main("dump-states", || -> Result<(), Box<dyn Error>> {
+        aiq_io::prefer_small_pages();
         let args = Args::parse();
         if let Some(t) = args.threads {
             rayon::ThreadPoolBuilder::new()
