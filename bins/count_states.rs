@@ -97,6 +97,7 @@ fn main() {
         }
         // Open the output first: refusing a terminal should not wait for the counting.
         let mut out = Output::create(args.output.as_deref(), true)?;
+        let mut closing = Vec::new();
         let mut counts = if args.npy.is_empty() {
             let inputs = if args.inputs.is_empty() {
                 vec![PathBuf::from("-")]
@@ -117,6 +118,9 @@ fn main() {
                 let mut input = Input::open_mapped(Some(path), StreamKind::States)?;
                 let name = input.name().to_string();
                 let counts = read_any(input.source(), &name)?;
+                // Unmapping a large states file takes milliseconds of page-table work: it
+                // happens on another thread, beside the merging and the writing.
+                closing.push(std::thread::spawn(move || drop(input)));
                 match &mut total {
                     None => total = Some(counts),
                     Some(t) => t.merge(counts, &name)?,
@@ -134,6 +138,10 @@ fn main() {
         write_counts(&mut out, &counts, &name)?;
         out.flush()?;
         out.commit()?;
+        for c in closing {
+            // Dropping an input cannot fail; a panic there would be a bug worth seeing.
+            c.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+        }
         Ok(())
     })
 }
