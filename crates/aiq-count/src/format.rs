@@ -69,12 +69,9 @@ fn bytes_for(max: u64) -> u8 {
     ((64 - max.leading_zeros()).div_ceil(8) as u8).max(1)
 }
 
-/// Writes `counts` as a counts stream.
-pub fn write_counts(w: &mut impl Write, counts: &Counts, name: &str) -> Result<(), IoError> {
-    StreamKind::Counts
-        .write_header(w, COUNTS_VERSION)
-        .map_err(|e| IoError::io(name, e))?;
-    let header = CountsHeader {
+/// The header `write_counts` writes for `counts`.
+fn counts_header(counts: &Counts) -> CountsHeader {
+    CountsHeader {
         measurement: counts.measurement.clone(),
         layers: counts
             .layers
@@ -88,7 +85,15 @@ pub fn write_counts(w: &mut impl Write, counts: &Counts, name: &str) -> Result<(
                 count_bytes: bytes_for(l.counts.iter().copied().max().unwrap_or(0)),
             })
             .collect(),
-    };
+    }
+}
+
+/// Writes `counts` as a counts stream.
+pub fn write_counts(w: &mut impl Write, counts: &Counts, name: &str) -> Result<(), IoError> {
+    StreamKind::Counts
+        .write_header(w, COUNTS_VERSION)
+        .map_err(|e| IoError::io(name, e))?;
+    let header = counts_header(counts);
     encode(w, &header, name)?;
     let io = |e| IoError::io(name, e);
     // Whole words are appended and the vector cut back to the field's bytes: fixed-size
@@ -383,14 +388,89 @@ impl Flags {
     }
 }
 
+/// A delta-coded block's bytes, copied into zeros: every field of every lane is one 8-byte
+/// load within it (gaps at most at 31 × 8, counts at most at 32 × 8 + 31 × 8).
+const PAD: usize = DELTA_RECORDS * 16 + 8;
+
+/// Per lane of a block: all ones if it holds a record, else 0.
+type Lanes = [u64; DELTA_RECORDS];
+
+/// The running sums from `prev` of the `G`-byte gaps at the start of `pad`, in every lane
+/// (a lane past the block's records adds 0). Returns whether a live lane's gap is 0 (but
+/// those `exempt` has a bit set in) and whether a sum wrapped.
+#[inline(always)]
+fn gap_sums<const G: usize>(
+    pad: &[u8; PAD],
+    prev: u64,
+    (live, exempt): (&Lanes, &Lanes),
+    states: &mut [u64; DELTA_RECORDS],
+) -> (bool, bool) {
+    let mask = low_bytes(G);
+    let (mut s, mut probes, mut zero, mut carry) = (prev, 0u64, false, false);
+    for (i, out) in states.iter_mut().enumerate() {
+        let w = u64::from_le_bytes(pad[i * G..i * G + 8].try_into().unwrap_or_default());
+        let gap = w & mask & live[i];
+        let (t, c) = s.overflowing_add(gap);
+        (s, carry) = (t, carry | c);
+        *out = s;
+        let probe = gap | exempt[i];
+        if G < 8 {
+            // Below 2^56, a gap minus 1 has its top bit set only if the gap is 0.
+            probes |= probe.wrapping_sub(1);
+        } else {
+            zero |= probe == 0;
+        }
+    }
+    if G < 8 {
+        // 32 gaps below 2^56 sum below 2^61: a wrap happens at most once, and leaves the
+        // last sum below the first.
+        (probes >> 63 != 0, s < prev)
+    } else {
+        (zero, carry)
+    }
+}
+
+/// The `C`-byte counts minus 1 at the start of `fields`, plus 1, in every live lane (all 1
+/// for `C` = 0; 0 past the block's records). Returns their sum and whether a count field
+/// was all ones (a count too large for 64 bits).
+#[inline(always)]
+fn counts_of<const C: usize>(
+    fields: &[u8],
+    live: &Lanes,
+    counts: &mut [u64; DELTA_RECORDS],
+) -> (u128, bool) {
+    let mask = if C == 0 { 0 } else { low_bytes(C) };
+    let (mut small, mut sum, mut wrapped) = (0u64, 0u128, false);
+    for (i, out) in counts.iter_mut().enumerate() {
+        let w = u64::from_le_bytes(fields[i * C..i * C + 8].try_into().unwrap_or_default());
+        let k = (w & mask).wrapping_add(1) & live[i];
+        *out = k;
+        if C < 8 {
+            // 32 counts up to 2^56 sum below 2^61.
+            small += k;
+        } else {
+            sum += u128::from(k);
+            wrapped |= (k == 0) & (live[i] != 0);
+        }
+    }
+    (sum + u128::from(small), wrapped)
+}
+
 /// Decodes one delta-coded block of `n` records (`block` holds exactly their gaps and
-/// counts, `g` and `c` bytes each): appends the states (`prev` plus the running sum of the
-/// gaps) and counts, adds the counts to `total`, and flags zero gaps (but the layer's first,
-/// if `first`) and wrapped sums. Returns the block's last state. Fields are loaded as whole
-/// words from a padded copy and masked: no per-field length or bounds branch.
+/// counts, `g` and `c` bytes each, both checked to be at most 8): appends the states (`prev`
+/// plus the running sum of the gaps) and counts, adds the counts to `total`, and flags zero
+/// gaps (but the layer's first, if `first`), wrapped sums and counts. Returns the block's
+/// last state.
+///
+/// Every block is decoded as [`DELTA_RECORDS`] lanes, the lanes past `n` masked out: each
+/// field is one load and mask at an offset fixed by the widths (a loop per width, unrolled),
+/// and the checks are a few bitwise operations per lane, no branch.
+/// `pad` is the caller's, reused from block to block: what it holds past the block's bytes
+/// is only ever loaded into masked-out bits.
 #[allow(clippy::too_many_arguments)]
 fn decode_block(
     block: &[u8],
+    pad: &mut [u8; PAD],
     (g, c): (usize, usize),
     prev: u64,
     first: bool,
@@ -400,33 +480,46 @@ fn decode_block(
     flags: &mut Flags,
 ) -> u64 {
     let n = block.len() / (g + c);
-    let mut pad = [0u8; DELTA_RECORDS * 16 + 8];
     pad[..block.len()].copy_from_slice(block);
-    let word = |at: usize| u64::from_le_bytes(pad[at..at + 8].try_into().unwrap_or_default());
-    let (gmask, cmask) = (low_bytes(g), if c == 0 { 0 } else { low_bytes(c) });
-    let (mut s, mut zero_gap, mut wrapped) = (prev, false, false);
-    let from = usize::from(first);
-    states.reserve(n);
-    for i in 0..n {
-        let gap = word(i * g) & gmask;
-        zero_gap |= (gap == 0) & (i >= from);
-        let (t, w) = s.overflowing_add(gap);
-        (s, wrapped) = (t, wrapped | w);
-        states.push(t);
+    let pad = &*pad;
+    let (mut live, mut exempt) = ([0u64; DELTA_RECORDS], [0u64; DELTA_RECORDS]);
+    for (i, (l, e)) in live.iter_mut().zip(&mut exempt).enumerate() {
+        *l = u64::from(i < n).wrapping_neg();
+        *e = u64::from(i >= n || (first && i == 0));
     }
-    let (mut sum, mut carry) = (*total, false);
-    counts.reserve(n);
-    for i in 0..n {
-        let (k, w1) = (word(n * g + i * c) & cmask).overflowing_add(1);
-        let (t, w2) = sum.overflowing_add(k);
-        (sum, carry) = (t, carry | w1 | w2);
-        counts.push(k);
-    }
-    *total = sum;
+    let (mut st, mut ct) = ([0u64; DELTA_RECORDS], [0u64; DELTA_RECORDS]);
+    let lanes = (&live, &exempt);
+    let (zero_gap, wrapped) = match g {
+        1 => gap_sums::<1>(pad, prev, lanes, &mut st),
+        2 => gap_sums::<2>(pad, prev, lanes, &mut st),
+        3 => gap_sums::<3>(pad, prev, lanes, &mut st),
+        4 => gap_sums::<4>(pad, prev, lanes, &mut st),
+        5 => gap_sums::<5>(pad, prev, lanes, &mut st),
+        6 => gap_sums::<6>(pad, prev, lanes, &mut st),
+        7 => gap_sums::<7>(pad, prev, lanes, &mut st),
+        _ => gap_sums::<8>(pad, prev, lanes, &mut st),
+    };
+    let at = (n * g).min(DELTA_RECORDS * 8);
+    let fields = &pad[at..at + DELTA_RECORDS * 8 + 8];
+    let (sum, too_large) = match c {
+        0 => counts_of::<0>(fields, &live, &mut ct),
+        1 => counts_of::<1>(fields, &live, &mut ct),
+        2 => counts_of::<2>(fields, &live, &mut ct),
+        3 => counts_of::<3>(fields, &live, &mut ct),
+        4 => counts_of::<4>(fields, &live, &mut ct),
+        5 => counts_of::<5>(fields, &live, &mut ct),
+        6 => counts_of::<6>(fields, &live, &mut ct),
+        7 => counts_of::<7>(fields, &live, &mut ct),
+        _ => counts_of::<8>(fields, &live, &mut ct),
+    };
+    states.extend_from_slice(&st[..n]);
+    counts.extend_from_slice(&ct[..n]);
+    let (t, w) = total.overflowing_add(sum as u64);
+    *total = t;
     flags.out_of_order |= zero_gap;
     flags.stray |= wrapped;
-    flags.overflow |= carry;
-    s
+    flags.overflow |= too_large | w | (sum >> 64 != 0);
+    st[n - 1]
 }
 
 /// Records decoded before a visitor sees them, for delta-coded layers.
@@ -507,6 +600,7 @@ pub fn scan_counts_after_magic(
                 0
             };
             let mut prev = 0u64;
+            let mut pad = [0u8; PAD];
             while done < summary.distinct {
                 states.clear();
                 counts.clear();
@@ -531,6 +625,7 @@ pub fn scan_counts_after_magic(
                     // The layer's first state is its own gap, and may be 0.
                     prev = decode_block(
                         block,
+                        &mut pad,
                         (g, c),
                         prev,
                         done == 0,
@@ -757,6 +852,72 @@ mod tests {
         let mut b = bytes.clone();
         b.push(0);
         assert!(err(&b).contains("data after the last layer"), "{}", err(&b));
+    }
+
+    /// Where each delta-coded block of the one layer of `c`, written as `bytes`, starts, and
+    /// its gap and count widths.
+    fn blocks(c: &Counts, bytes: &[u8]) -> Vec<(usize, usize, usize)> {
+        let l = &c.layers[0];
+        let mut head = Vec::new();
+        encode(&mut head, &counts_header(c), "c").unwrap();
+        let (mut at, mut left, mut found) = (12 + head.len(), l.distinct(), Vec::new());
+        while left > 0 {
+            let (g, c) = (usize::from(bytes[at] & 15), usize::from(bytes[at] >> 4));
+            found.push((at, g, c));
+            let n = left.min(DELTA_RECORDS);
+            at += 1 + n * (g + c);
+            left -= n;
+        }
+        assert_eq!(at, bytes.len());
+        found
+    }
+
+    #[test]
+    fn damage_inside_whole_blocks_is_named() {
+        let one = |neurons: u32, states: Vec<u64>, counts: Vec<u64>| {
+            let c = Counts {
+                measurement: Measurement::default(),
+                layers: vec![layer(neurons, states, counts)],
+            };
+            let bytes = write(&c);
+            let blocks = blocks(&c, &bytes);
+            (bytes, blocks)
+        };
+        let err = |b: &[u8]| read_counts(&mut &b[..], "c").unwrap_err().to_string();
+        // 40 neurons, states 10 apart (1-byte gaps after the first block's first): a gap in
+        // the middle of the second block, and the first gap of that block, made 0.
+        let (bytes, b) = one(40, (1..=64).map(|i| i * 10).collect(), vec![1; 64]);
+        assert_eq!(b[1].1, 1);
+        for lane in [0, 17] {
+            let mut d = bytes.clone();
+            d[b[1].0 + 1 + lane] = 0;
+            assert!(err(&d).contains("ascending"), "{}", err(&d));
+        }
+        // 64 neurons near the top: a 1-byte gap grown to 255 wraps the sum past 2^64.
+        let top: Vec<u64> = (0..64).map(|i| u64::MAX - 639 + 10 * i).collect();
+        let (bytes, b) = one(64, top, vec![1; 64]);
+        assert_eq!((b[0].1, b[1].1), (8, 1));
+        let mut d = bytes.clone();
+        d[b[1].0 + 1 + 3] = 255;
+        assert!(err(&d).contains("beyond its 64 neurons"), "{}", err(&d));
+        // 8-byte gaps (states 2^58 apart): one made all ones wraps.
+        let wide: Vec<u64> = (0..32).map(|i| i << 58).collect();
+        let (bytes, b) = one(64, wide, vec![1; 32]);
+        assert_eq!(b[0].1, 8);
+        let mut d = bytes.clone();
+        d[b[0].0 + 1 + 8 * 5..b[0].0 + 1 + 8 * 6].fill(0xff);
+        assert!(err(&d).contains("beyond its 64 neurons"), "{}", err(&d));
+        // 8-byte counts: one field all ones is a count past 2^64.
+        let mut counts = vec![1u64; 32];
+        counts[9] = 1 << 60;
+        let (bytes, b) = one(30, (0..32).collect(), counts);
+        assert_eq!(b[0].2, 8);
+        let mut d = bytes.clone();
+        let at = b[0].0 + 1 + 32 * b[0].1 + 8 * 9;
+        d[at..at + 8].fill(0xff);
+        assert!(err(&d).contains("overflow"), "{}", err(&d));
+        // Undamaged, all of them read back.
+        assert!(read_counts(&mut bytes.as_slice(), "c").is_ok());
     }
 
     #[test]
