@@ -388,7 +388,7 @@ impl Flags {
     }
 }
 
-/// A delta-coded block's bytes, copied into zeros: every field of every lane is one 8-byte
+/// A delta-coded block's bytes with room past them: every field of every lane is one 8-byte
 /// load within it (gaps at most at 31 × 8, counts at most at 32 × 8 + 31 × 8).
 const PAD: usize = DELTA_RECORDS * 16 + 8;
 
@@ -396,8 +396,8 @@ const PAD: usize = DELTA_RECORDS * 16 + 8;
 type Lanes = [u64; DELTA_RECORDS];
 
 /// The running sums from `prev` of the `G`-byte gaps at the start of `pad`, in every lane
-/// (a lane past the block's records adds 0). Returns whether a live lane's gap is 0 (but
-/// those `exempt` has a bit set in) and whether a sum wrapped.
+/// (a lane past the block's records adds 0). Returns whether a gap is 0 in a lane that
+/// `exempt` does not mark (with a 1), and whether a sum wrapped.
 #[inline(always)]
 fn gap_sums<const G: usize>(
     pad: &[u8; PAD],
@@ -465,6 +465,7 @@ fn counts_of<const C: usize>(
 /// Every block is decoded as [`DELTA_RECORDS`] lanes, the lanes past `n` masked out: each
 /// field is one load and mask at an offset fixed by the widths (a loop per width, unrolled),
 /// and the checks are a few bitwise operations per lane, no branch.
+///
 /// `pad` is the caller's, reused from block to block: what it holds past the block's bytes
 /// is only ever loaded into masked-out bits.
 #[allow(clippy::too_many_arguments)]
@@ -499,6 +500,7 @@ fn decode_block(
         7 => gap_sums::<7>(pad, prev, lanes, &mut st),
         _ => gap_sums::<8>(pad, prev, lanes, &mut st),
     };
+    // n ≤ 32 and g ≤ 8: the bound only lets the compiler see the slice fits.
     let at = (n * g).min(DELTA_RECORDS * 8);
     let fields = &pad[at..at + DELTA_RECORDS * 8 + 8];
     let (sum, too_large) = match c {

@@ -1,7 +1,7 @@
 //! The paper's measures, as pure functions of counts and efficiencies.
 //!
-//! All sums run in the order the counts are given (the counts format keeps them sorted by
-//! state value), in `f64`, so a result is the same on every run and thread count.
+//! Every sum runs in an order fixed by the counts' positions (the counts format keeps them
+//! sorted by state value), in `f64`, so a result is the same on every run and thread count.
 
 /// A measure asked of values outside its domain.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
