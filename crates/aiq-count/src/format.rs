@@ -90,12 +90,12 @@ fn counts_header(counts: &Counts) -> CountsHeader {
 
 /// Writes `counts` as a counts stream.
 pub fn write_counts(w: &mut impl Write, counts: &Counts, name: &str) -> Result<(), IoError> {
+    let io = |e| IoError::io(name, e);
     StreamKind::Counts
         .write_header(w, COUNTS_VERSION)
-        .map_err(|e| IoError::io(name, e))?;
+        .map_err(io)?;
     let header = counts_header(counts);
     encode(w, &header, name)?;
-    let io = |e| IoError::io(name, e);
     // Whole words are appended and the vector cut back to the field's bytes: fixed-size
     // copies rather than a variable-length one per field.
     let put = |buf: &mut Vec<u8>, x: u64, n: usize| {
@@ -111,7 +111,7 @@ pub fn write_counts(w: &mut impl Write, counts: &Counts, name: &str) -> Result<(
         if nb <= DELTA_MAX_BYTES {
             // Each field is stored as a whole word, the next one written over its spare
             // bytes: fixed-size stores into a block-sized array, then one copy out.
-            let mut block = [0u8; 1 + DELTA_RECORDS * 16 + 8];
+            let mut block = [0u8; 1 + PAD];
             let mut prev = 0;
             for (states, counts) in l
                 .states
