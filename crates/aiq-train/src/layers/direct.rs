@@ -435,7 +435,27 @@ fn tile<const P: usize, const NV: usize>(
         }
         acc = panel(acc, &runs, &wp[dy * run * np..], np, c0, fma);
     }
-    store_rows(&std::hint::black_box(acc), y, p0, pos - p0, cout, c0);
+    let acc = std::hint::black_box(acc);
+    if c0 == 0 && cout % L != 0 && cout.div_ceil(L) == NV && 2 * cout >= NV * L {
+        // The tile holds every channel, the last vector in part: each position's vectors
+        // are stored whole, the lanes past its channels landing on the next position's
+        // first channels, which that position's store (later in this tile, or in the next
+        // one) overwrites. The image's last position has no next one: lane by lane.
+        let rows = (pos - p0).min(P);
+        let whole = if p0 + rows == pos { rows - 1 } else { rows };
+        for (i, ai) in acc.iter().enumerate().take(whole) {
+            let at = (p0 + i) * cout;
+            for (v, av) in ai.iter().enumerate() {
+                y[at + v * L..at + v * L + L].copy_from_slice(av);
+            }
+        }
+        if whole < rows {
+            let at = (p0 + whole) * cout;
+            y[at..at + cout].copy_from_slice(&acc[whole].as_flattened()[..cout]);
+        }
+        return;
+    }
+    store_rows(&acc, y, p0, pos - p0, cout, c0);
 }
 
 /// `img` (`plane` positions × `cin` channels) as `cin` planes of `plane` positions, eight
