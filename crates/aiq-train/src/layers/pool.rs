@@ -80,18 +80,41 @@ fn forward_max(x: &[f32], n: usize, h: usize, w: usize, c: usize, y: &mut [f32])
             for ((top, bottom), yc) in cells.zip(yr.chunks_exact_mut(c)) {
                 let (t0, t1) = top.split_at(c);
                 let (b0, b1) = bottom.split_at(c);
-                let cols = t0.iter().zip(t1).zip(b0.iter().zip(b1));
-                for (((&v0, &v1), (&v2, &v3)), yv) in cols.zip(yc.iter_mut()) {
-                    let mut best = v0;
-                    for v in [v1, v2, v3] {
-                        if v > best {
-                            best = v;
-                        }
-                    }
-                    *yv = best;
+                if c < L {
+                    max_of_four(t0, t1, b0, b1, yc);
+                    continue;
+                }
+                // Vectors of channels, the last one ending at `c` and overlapping the one
+                // before (its channels again, the same maxima): LeNet-5's 20 channels
+                // took two vectors and four channels one at a time.
+                for at in (0..c).step_by(L) {
+                    let a = at.min(c - L);
+                    let v = |x: &[f32]| -> [f32; L] { x[a..a + L].try_into().expect("a vector") };
+                    let mut out = [0.0; L];
+                    max_of_four(&v(t0), &v(t1), &v(b0), &v(b1), &mut out);
+                    yc[a..a + L].copy_from_slice(&out);
                 }
             }
         }
+    }
+}
+
+/// Lanes of one vector (AVX's eight `f32`).
+const L: usize = 8;
+
+/// `y[i]`: the largest of the four cells' `i`-th values, compared in [`forward_arg`]'s order
+/// (a later cell wins only when greater).
+#[inline(always)]
+fn max_of_four(v0: &[f32], v1: &[f32], v2: &[f32], v3: &[f32], y: &mut [f32]) {
+    let cols = v0.iter().zip(v1).zip(v2.iter().zip(v3));
+    for (((&v0, &v1), (&v2, &v3)), yv) in cols.zip(y.iter_mut()) {
+        let mut best = v0;
+        for v in [v1, v2, v3] {
+            if v > best {
+                best = v;
+            }
+        }
+        *yv = best;
     }
 }
 
@@ -175,7 +198,15 @@ mod tests {
     /// zeros, infinities and NaN included (a NaN wins only in a window's first cell).
     #[test]
     fn max_alone_is_the_max_with_argmax() {
-        let (n, h, w, c) = (3, 6, 4, 5);
+        // Fewer channels than a vector, one vector, and 20 (two vectors and an overlapping
+        // third, as in LeNet-5's conv1).
+        for c in [5, 8, 20] {
+            max_alone_is_the_max_with_argmax_at(c);
+        }
+    }
+
+    fn max_alone_is_the_max_with_argmax_at(c: usize) {
+        let (n, h, w) = (3, 6, 4);
         let mut g = rng(7);
         let special = [
             f32::NAN,
@@ -203,7 +234,7 @@ mod tests {
         let mut got = vec![1.5; out];
         forward(&x, n, h, w, c, &mut got, None);
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(&got), bits(&want));
+        assert_eq!(bits(&got), bits(&want), "{c} channels");
         assert!(
             want.iter().any(|v| v.is_nan())
                 && want.iter().any(|v| v.to_bits() == (-0.0f32).to_bits())
