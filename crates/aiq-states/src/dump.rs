@@ -329,8 +329,8 @@ impl<W: Write> StatesWriter<W> {
             if w == 1 {
                 // Every word stored whole, each `nb` bytes after the one before: the store
                 // is one fixed-size move (an `nb`-byte slice was a `memcpy` call per state,
-                // a tenth of a core in `dump-states`), and the bytes it puts past the state
-                // are overwritten by the next one, or cut off after the last.
+                // most of `dump-states`' writer thread), and the bytes it puts past the
+                // state are overwritten by the next one, or cut off after the last.
                 let len = words.len() * nb;
                 self.bytes.resize(len + 8 - nb, 0);
                 for (at, word) in (0..len).step_by(nb).zip(words.iter()) {

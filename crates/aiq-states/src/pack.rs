@@ -106,8 +106,8 @@ fn pack_flat(flat: &[f32], neurons: usize, dest: &mut [u64]) {
 /// [`pack_flat`] with `group` as in [`pack_row_with`]. States of one word go eight rows at
 /// a time: their `8 · neurons` values are whole groups of 8, so the rows' bits are
 /// `neurons` bytes made a group at a time, and each row's word is read from them at its bit
-/// offset. A row at a time cost a loop over words and groups and a tail per row, three
-/// times as much for LeNet-5's 20-neuron conv1.
+/// offset. A row at a time, each row paid a loop over words and groups and a tail: 1.8
+/// times as long for LeNet-5's 20-neuron conv1 (criterion, `pack_rows_conv1`).
 #[inline(always)]
 fn pack_flat_with(flat: &[f32], neurons: usize, dest: &mut [u64], group: impl Fn(&[f32]) -> u64) {
     let words = words_for(neurons);

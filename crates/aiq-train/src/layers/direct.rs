@@ -437,10 +437,11 @@ fn tile<const P: usize, const NV: usize>(
     }
     let acc = std::hint::black_box(acc);
     if c0 == 0 && cout % L != 0 && cout.div_ceil(L) == NV && 2 * cout >= NV * L {
-        // The tile holds every channel, the last vector in part: each position's vectors
-        // are stored whole, the lanes past its channels landing on the next position's
-        // first channels, which that position's store (later in this tile, or in the next
-        // one) overwrites. The image's last position has no next one: lane by lane.
+        // The tile holds every channel, the last vector in part, its spare lanes no more
+        // than the channels: each position's vectors are stored whole, the spare lanes
+        // landing on the next position's first channels, which that position's store
+        // (later in this tile, or in the next one) overwrites. The image's last position
+        // has no next one: its channels alone are copied.
         let rows = (pos - p0).min(P);
         let whole = if p0 + rows == pos { rows - 1 } else { rows };
         for (i, ai) in acc.iter().enumerate().take(whole) {
