@@ -435,28 +435,7 @@ fn tile<const P: usize, const NV: usize>(
         }
         acc = panel(acc, &runs, &wp[dy * run * np..], np, c0, fma);
     }
-    let acc = std::hint::black_box(acc);
-    if c0 == 0 && cout % L != 0 && cout.div_ceil(L) == NV && 2 * cout >= NV * L {
-        // The tile holds every channel, the last vector in part, its spare lanes no more
-        // than the channels: each position's vectors are stored whole, the spare lanes
-        // landing on the next position's first channels, which that position's store
-        // (later in this tile, or in the next one) overwrites. The image's last position
-        // has no next one: its channels alone are copied.
-        let rows = (pos - p0).min(P);
-        let whole = if p0 + rows == pos { rows - 1 } else { rows };
-        for (i, ai) in acc.iter().enumerate().take(whole) {
-            let at = (p0 + i) * cout;
-            for (v, av) in ai.iter().enumerate() {
-                y[at + v * L..at + v * L + L].copy_from_slice(av);
-            }
-        }
-        if whole < rows {
-            let at = (p0 + whole) * cout;
-            y[at..at + cout].copy_from_slice(&acc[whole].as_flattened()[..cout]);
-        }
-        return;
-    }
-    store_rows(&acc, y, p0, pos - p0, cout, c0);
+    store_rows(&std::hint::black_box(acc), y, p0, pos - p0, cout, c0);
 }
 
 /// `img` (`plane` positions × `cin` channels) as `cin` planes of `plane` positions, eight
@@ -647,6 +626,12 @@ fn panel<const P: usize, const NV: usize>(
 
 /// Writes the first `rows` tile rows `i` to `y` rows `r0 + i` (`cols` wide), columns from
 /// `c0`, as far as `cols` goes.
+///
+/// When the tile holds every column, the last vector in part with no more spare lanes than
+/// columns (LeNet-5's conv1: 20 channels in 3 vectors), a row with another after it in `y`
+/// is stored as whole vectors: the spare lanes land on the next row's first columns, which
+/// that row's store (later in this tile, or in the next one) overwrites. Lane by lane, the
+/// partial vector took an eighth of conv1's time.
 #[inline(always)]
 fn store_rows<const P: usize, const NV: usize>(
     acc: &[[[f32; L]; NV]; P],
@@ -656,8 +641,16 @@ fn store_rows<const P: usize, const NV: usize>(
     cols: usize,
     c0: usize,
 ) {
+    let spill = c0 == 0 && !cols.is_multiple_of(L) && cols.div_ceil(L) == NV && 2 * cols >= NV * L;
     for (i, ai) in acc.iter().enumerate().take(rows) {
-        let out = &mut y[(r0 + i) * cols..(r0 + i + 1) * cols];
+        let at = (r0 + i) * cols;
+        if spill && at + NV * L <= y.len() {
+            for (v, av) in ai.iter().enumerate() {
+                y[at + v * L..at + v * L + L].copy_from_slice(av);
+            }
+            continue;
+        }
+        let out = &mut y[at..at + cols];
         for (v, av) in ai.iter().enumerate() {
             let c = c0 + v * L;
             // A whole vector as one fixed-size store (a variable length is a memcpy call).
