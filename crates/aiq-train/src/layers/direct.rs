@@ -20,12 +20,11 @@
 use multiversion::multiversion;
 
 use super::conv::ConvShape;
+use super::L;
 
 /// Output channels per group: their accumulators and the image vectors fit the 16 vector
 /// registers for up to three vectors per row.
 const G: usize = 3;
-/// Lanes of one vector (AVX's eight `f32`).
-const L: usize = 8;
 /// Most kernel taps (`k²`) and output rows the stack buffers hold.
 const MAX_TAPS: usize = 64;
 const MAX_ROWS: usize = 32;

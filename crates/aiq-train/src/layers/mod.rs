@@ -5,6 +5,9 @@
 //! so a convolution's output *is* the `(inputs × positions, neurons)` state matrix and a
 //! dense layer's input is the same memory read as `(images, positions·channels)`.
 
+/// Lanes of one vector (AVX's eight `f32`), the width the kernels arrange their loops for.
+pub(crate) const L: usize = 8;
+
 pub(crate) mod batchnorm;
 pub(crate) mod conv;
 pub(crate) mod dense;

@@ -1,6 +1,8 @@
 //! Max pooling, 2×2 windows, stride 2, on NHWC activations ('valid': an odd last row or
 //! column is dropped, as in Keras).
 
+use super::L;
+
 /// `y = maxpool(x)` for `n` images of `h×w×c`; `arg`, when given (training), records which
 /// of the 4 window cells won (first maximum on ties) for the backward pass. Inference
 /// passes none and takes the max alone, a compare-and-select per cell (a `vmaxps`), with
@@ -98,9 +100,6 @@ fn forward_max(x: &[f32], n: usize, h: usize, w: usize, c: usize, y: &mut [f32])
         }
     }
 }
-
-/// Lanes of one vector (AVX's eight `f32`).
-const L: usize = 8;
 
 /// `y[i]`: the largest of the four cells' `i`-th values, compared in [`forward_arg`]'s order
 /// (a later cell wins only when greater).
