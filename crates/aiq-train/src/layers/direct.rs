@@ -326,12 +326,27 @@ fn forward_multi_with(
     } else {
         cout.div_ceil(L) * L
     };
-    let (wp, xt) = scratch.split_at_mut((kdim + 1) * np);
-    if np > 0 {
-        for (dst, src) in wp.chunks_exact_mut(np).zip(w.chunks_exact(cout).chain([b])) {
-            let m = np.min(cout);
-            dst[..m].copy_from_slice(&src[..m]);
+    // The weights, bias as the last row, padded to whole vectors and laid out group by
+    // group of channel vectors (one group per tile shape below), each group's rows
+    // contiguous from a 64-byte boundary: a tile then streams whole cache lines, none split
+    // between two loads. (Rows of all `np` channels would have a tile of two vectors read
+    // a third of each row, across lines.)
+    let need = (kdim + 1) * np + if planes { s.in_size() } else { 0 };
+    let skip = match scratch.as_ptr().align_offset(64) {
+        a if a < ALIGN_SLACK && need + a <= scratch.len() => a,
+        _ => 0,
+    };
+    let (wp, xt) = scratch[skip..].split_at_mut((kdim + 1) * np);
+    let groups = groups(np / L, cin);
+    let mut at = 0;
+    for &(v0, nv) in &groups {
+        for src in w.chunks_exact(cout).chain([b]) {
+            let dst = &mut wp[at..at + nv * L];
+            let c0 = (v0 * L).min(cout);
+            let m = (cout - c0).min(nv * L);
+            dst[..m].copy_from_slice(&src[c0..c0 + m]);
             dst[m..].fill(0.0);
+            at += nv * L;
         }
     }
     let wp = &*wp;
@@ -341,22 +356,17 @@ fn forward_multi_with(
         .chunks_exact(s.in_size())
         .zip(y.chunks_exact_mut(s.out_size()));
     for (img, yi) in images.take(n) {
-        let mut v0 = 0;
-        // Six vectors at a time (2 positions: 12 accumulators, enough chains to hide the
-        // multiply-add latency), then three, then what is left with more positions per
-        // tile, so the accumulators and the positions' pointers still fit the registers.
-        while np - v0 * L >= 6 * L {
-            tiles::<2, 6>(img, s, wp, np, v0, pos, yi);
-            v0 += 6;
-        }
-        while np - v0 * L >= 3 * L {
-            tiles::<3, 3>(img, s, wp, np, v0, pos, yi);
-            v0 += 3;
-        }
-        match np / L - v0 {
-            2 => tiles::<5, 2>(img, s, wp, np, v0, pos, yi),
-            1 => tiles::<8, 1>(img, s, wp, np, v0, pos, yi),
-            _ => {}
+        let mut at = 0;
+        for &(v0, nv) in &groups {
+            let wg = &wp[at..at + (kdim + 1) * nv * L];
+            match (nv, cin) {
+                (6, _) => tiles::<2, 6>(img, s, wg, v0, pos, yi),
+                (3, _) => tiles::<3, 3>(img, s, wg, v0, pos, yi),
+                (2, 1) => tiles::<5, 2>(img, s, wg, v0, pos, yi),
+                (2, _) => tiles::<6, 2>(img, s, wg, v0, pos, yi),
+                _ => tiles::<8, 1>(img, s, wg, v0, pos, yi),
+            }
+            at += wg.len();
         }
         if !planes {
             continue;
@@ -377,14 +387,52 @@ fn forward_multi_with(
     }
 }
 
+/// Most floats of scratch [`forward_multi`] skips to align the packed weights to 64 bytes
+/// (when the scratch has room to spare).
+const ALIGN_SLACK: usize = 16;
+
+/// The groups `(first vector, vectors)` that `nvec` vectors of output channels go to
+/// tiles in, one tile shape per group size (see [`forward_multi_with`]'s dispatch).
+///
+/// With several input channels (hundreds of taps a tile), pairs of vectors against six
+/// positions: a tile reads its weights once per six positions, where six vectors against
+/// two positions read three times as many weights per output. An odd vector out goes to a
+/// group of three (a lone vector's tile broadcasts an input for every multiply-add). With
+/// one input channel (25 taps), six vectors at a time, then three, then what is left with
+/// more positions per tile.
+fn groups(nvec: usize, cin: usize) -> Vec<(usize, usize)> {
+    let mut sizes = Vec::new();
+    if cin > 1 {
+        if nvec % 2 == 1 && nvec >= 3 {
+            sizes.push(3);
+        }
+        let left = nvec - sizes.len() * 3;
+        sizes.extend(std::iter::repeat_n(2, left / 2));
+        sizes.extend(std::iter::repeat_n(1, left % 2));
+    } else {
+        let mut left = nvec;
+        for nv in [6, 3, 2, 1] {
+            sizes.extend(std::iter::repeat_n(nv, left / nv));
+            left %= nv;
+        }
+    }
+    let mut v0 = 0;
+    sizes
+        .into_iter()
+        .map(|nv| {
+            v0 += nv;
+            (v0 - nv, nv)
+        })
+        .collect()
+}
+
 /// All position tiles of one image for channel vectors `v0..v0 + NV`. The last tile may
 /// run past the positions: it repeats the last one and stores only the real ones (cheaper
 /// than one position at a time, whose lone accumulators wait on each other).
 fn tiles<const P: usize, const NV: usize>(
     img: &[f32],
     s: &ConvShape,
-    wp: &[f32],
-    np: usize,
+    wg: &[f32],
     v0: usize,
     pos: usize,
     y: &mut [f32],
@@ -404,7 +452,7 @@ fn tiles<const P: usize, const NV: usize>(
             }
             *a = last;
         }
-        tile::<P, NV>(img, s, wp, np, v0, p0, &at, pos, y);
+        tile::<P, NV>(img, s, wg, v0, p0, &at, pos, y);
     }
 }
 
@@ -413,8 +461,7 @@ fn tiles<const P: usize, const NV: usize>(
 fn tile<const P: usize, const NV: usize>(
     img: &[f32],
     s: &ConvShape,
-    wp: &[f32],
-    np: usize,
+    wg: &[f32],
     v0: usize,
     p0: usize,
     at: &[usize; P],
@@ -424,17 +471,16 @@ fn tile<const P: usize, const NV: usize>(
     let fma = multiversion::target::target_cfg_f!(target_feature = "fma");
     let (k, cin, cout) = (s.k, s.cin, s.cout);
     let run = k * cin;
-    let c0 = v0 * L;
-    let mut acc = [vectors::<NV>(&wp[s.kdim() * np + c0..]); P];
+    let mut acc = [vectors::<NV>(&wg[s.kdim() * NV * L..]); P];
     for dy in 0..k {
         // Each position's run of inputs for kernel row `dy`.
         let mut runs: [&[f32]; P] = [&[]; P];
         for (r, &a) in runs.iter_mut().zip(at) {
             *r = &img[a + dy * s.w * cin..a + dy * s.w * cin + run];
         }
-        acc = panel(acc, &runs, &wp[dy * run * np..], np, c0, fma);
+        acc = panel(acc, &runs, &wg[dy * run * NV * L..], fma);
     }
-    store_rows(&std::hint::black_box(acc), y, p0, pos - p0, cout, c0);
+    store_rows(&std::hint::black_box(acc), y, p0, pos - p0, cout, v0 * L);
 }
 
 /// `img` (`plane` positions × `cin` channels) as `cin` planes of `plane` positions, eight
@@ -583,18 +629,22 @@ fn vectors<const NV: usize>(s: &[f32]) -> [[f32; L]; NV] {
     v
 }
 
-/// `acc[i][v] += Σ_j runs[i][j] · b[j·ldb + c0 + v·L ..][..L]`: one register tile of a GEMM
+/// `acc[i][v] += Σ_j runs[i][j] · b[j·NV·L + v·L ..][..L]`: one register tile of a GEMM
 /// whose left-hand rows are read where they lie (each element broadcast in turn) and whose
-/// right-hand rows are contiguous vectors. Inlined into multiversioned callers, so it is
-/// compiled as their clone (closures are not: they would be calls to baseline code, which
-/// is why the kernels here use plain loops).
+/// right-hand rows are `NV` contiguous vectors. Inlined into multiversioned callers, so it
+/// is compiled as their clone (closures are not: they would be calls to baseline code,
+/// which is why the kernels here use plain loops).
+///
+/// The loops go so that LLVM keeps the tile in the 16 vector registers: with more
+/// positions than vectors, the `NV` weight vectors are loaded once and each position's
+/// input broadcast straight from memory against them (`NV + 1` registers beside the
+/// accumulators); otherwise the `P` inputs are broadcast first and each weight vector taken
+/// in turn (`P + 1`). Either way each accumulator adds its terms in `j` order.
 #[inline(always)]
 fn panel<const P: usize, const NV: usize>(
     mut acc: [[[f32; L]; NV]; P],
     runs: &[&[f32]; P],
     b: &[f32],
-    ldb: usize,
-    c0: usize,
     fma: bool,
 ) -> [[[f32; L]; NV]; P] {
     // Every run cut to one length, so that indexing them below needs no bounds checks.
@@ -604,18 +654,27 @@ fn panel<const P: usize, const NV: usize>(
         *c = &r[..k];
     }
     let runs = cut;
-    for j in 0..k {
-        // The P inputs broadcast, then one weight vector at a time against all of them:
-        // P + 1 registers beside the accumulators, whatever NV.
-        let mut a = [0.0f32; P];
-        for (a, r) in a.iter_mut().zip(runs) {
-            *a = r[j];
-        }
-        let row = &b[j * ldb + c0..j * ldb + c0 + NV * L];
-        for (v, bv) in row.chunks_exact(L).enumerate() {
-            for (ai, &a) in acc.iter_mut().zip(&a) {
-                for (al, &bl) in ai[v].iter_mut().zip(bv) {
-                    *al = madd(a, bl, *al, fma);
+    for (j, row) in b.chunks_exact(NV * L).take(k).enumerate() {
+        if P > NV {
+            let wv = vectors::<NV>(row);
+            for (ai, r) in acc.iter_mut().zip(&runs) {
+                let a = r[j];
+                for (av, bv) in ai.iter_mut().zip(&wv) {
+                    for (al, &bl) in av.iter_mut().zip(bv) {
+                        *al = madd(a, bl, *al, fma);
+                    }
+                }
+            }
+        } else {
+            let mut a = [0.0f32; P];
+            for (a, r) in a.iter_mut().zip(&runs) {
+                *a = r[j];
+            }
+            for (v, bv) in row.chunks_exact(L).enumerate() {
+                for (ai, &a) in acc.iter_mut().zip(&a) {
+                    for (al, &bl) in ai[v].iter_mut().zip(bv) {
+                        *al = madd(a, bl, *al, fma);
+                    }
                 }
             }
         }
@@ -754,6 +813,28 @@ mod tests {
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&y), bits(&want), "{sh:?}");
         }
+    }
+
+    /// Every vector of channels in exactly one group, in order, each group a size the
+    /// dispatch has a tile for.
+    #[test]
+    fn groups_cover_every_vector_once() {
+        for cin in [1, 2, 20] {
+            for nvec in 1..=MAX_VECS {
+                let g = groups(nvec, cin);
+                let mut next = 0;
+                for &(v0, nv) in &g {
+                    assert_eq!(v0, next, "{nvec} vectors, {cin} inputs: {g:?}");
+                    assert!([1, 2, 3, 6].contains(&nv), "{g:?}");
+                    next += nv;
+                }
+                assert_eq!(next, nvec, "{g:?}");
+            }
+        }
+        // Two-vector groups where there are several input channels.
+        assert_eq!(groups(6, 20), [(0, 2), (2, 2), (4, 2)]);
+        assert_eq!(groups(5, 20), [(0, 3), (3, 2)]);
+        assert_eq!(groups(3, 1), [(0, 3)]);
     }
 
     #[test]
