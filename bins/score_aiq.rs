@@ -56,7 +56,7 @@ fn main() {
                 .num_threads(t)
                 .build_global()?;
         }
-        let from_stdin = args.input.as_ref().map_or(true, |p| p.as_os_str() == "-");
+        let from_stdin = args.input.as_ref().is_none_or(|p| p.as_os_str() == "-");
         if from_stdin && std::io::stdin().is_terminal() {
             return Err(
                 "<stdin> is a terminal: give a states or counts FILE, or pipe one in".into(),
