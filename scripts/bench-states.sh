@@ -166,6 +166,13 @@ print(json.dumps({
                "count_score_ts_over_score_states": round(med["ts_count_score"] / med["score_states"], 2),
                "cpu_count_score_ts_over_ours": round(statistics.median(cpu["ts_count_score"]) / statistics.median(cpu["count_score"]), 2),
                "cpu_capture_ts_over_dump_states": round(statistics.median(cpu["ts_capture"]) / statistics.median(cpu["dump_states"]), 2)},
+    # Each round's TensorState over ours, then the median: the two ran a few seconds apart,
+    # so a round's ratio shares the host's state of the moment, where a ratio of medians
+    # can pair a fast stretch of one with a slow stretch of the other.
+    "paired_ratio_medians": {
+        f"{ts}_over_{ours}": round(statistics.median(a / b for a, b in zip(res[ts], res[ours])), 2)
+        for ts, ours in (("ts_capture", "dump_states"), ("ts_count_score", "count_score"),
+                         ("ts_count_score", "count_score_pipe"), ("ts_count_score", "score_states"))},
     "pipeline_peak_mib_sum_of_stages": round(max(mem), 1),
 }, indent=1))
 subprocess.run(f"{B}/score-aiq {S}", shell=True, check=True)
