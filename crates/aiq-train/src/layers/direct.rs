@@ -356,17 +356,12 @@ fn forward_multi_with(
         .chunks_exact(s.in_size())
         .zip(y.chunks_exact_mut(s.out_size()));
     for (img, yi) in images.take(n) {
-        let mut at = 0;
-        for &(v0, nv) in &groups {
-            let wg = &wp[at..at + (kdim + 1) * nv * L];
-            match (nv, cin) {
-                (6, _) => tiles::<2, 6>(img, s, wg, v0, pos, yi),
-                (3, _) => tiles::<3, 3>(img, s, wg, v0, pos, yi),
-                (2, 1) => tiles::<5, 2>(img, s, wg, v0, pos, yi),
-                (2, _) => tiles::<6, 2>(img, s, wg, v0, pos, yi),
-                _ => tiles::<8, 1>(img, s, wg, v0, pos, yi),
-            }
-            at += wg.len();
+        // One input channel and 5×5 kernels (LeNet-5's first layer): a kernel row is 5 taps
+        // known at compile time, so the tiles' inner loop unrolls (conv1 alone: 15% faster).
+        if cin == 1 && s.k == 5 {
+            image_tiles::<5>(img, s, wp, &groups, pos, yi);
+        } else {
+            image_tiles::<0>(img, s, wp, &groups, pos, yi);
         }
         if !planes {
             continue;
@@ -387,12 +382,37 @@ fn forward_multi_with(
     }
 }
 
+/// One image's position tiles, group by group of channel vectors (see [`groups`]), each
+/// group's weights `wp`'s next `(kdim + 1)` rows of its vectors. `RUN` is the length of a
+/// kernel row's run of inputs (`k·c_in`) when known at compile time, 0 otherwise.
+fn image_tiles<const RUN: usize>(
+    img: &[f32],
+    s: &ConvShape,
+    wp: &[f32],
+    groups: &[(usize, usize)],
+    pos: usize,
+    y: &mut [f32],
+) {
+    let mut at = 0;
+    for &(v0, nv) in groups {
+        let wg = &wp[at..at + (s.kdim() + 1) * nv * L];
+        match (nv, s.cin) {
+            (6, _) => tiles::<2, 6, RUN>(img, s, wg, v0, pos, y),
+            (3, _) => tiles::<3, 3, RUN>(img, s, wg, v0, pos, y),
+            (2, 1) => tiles::<5, 2, RUN>(img, s, wg, v0, pos, y),
+            (2, _) => tiles::<6, 2, RUN>(img, s, wg, v0, pos, y),
+            _ => tiles::<8, 1, RUN>(img, s, wg, v0, pos, y),
+        }
+        at += wg.len();
+    }
+}
+
 /// Most floats of scratch [`forward_multi`] skips to align the packed weights to 64 bytes
 /// (when the scratch has room to spare).
 const ALIGN_SLACK: usize = 16;
 
 /// The groups `(first vector, vectors)` that `nvec` vectors of output channels go to
-/// tiles in, one tile shape per group size (see [`forward_multi_with`]'s dispatch).
+/// tiles in, one tile shape per group size (see [`image_tiles`]).
 ///
 /// With several input channels (hundreds of taps a tile), pairs of vectors against six
 /// positions: a tile reads its weights once per six positions, where six vectors against
@@ -429,7 +449,7 @@ fn groups(nvec: usize, cin: usize) -> Vec<(usize, usize)> {
 /// All position tiles of one image for channel vectors `v0..v0 + NV`. The last tile may
 /// run past the positions: it repeats the last one and stores only the real ones (cheaper
 /// than one position at a time, whose lone accumulators wait on each other).
-fn tiles<const P: usize, const NV: usize>(
+fn tiles<const P: usize, const NV: usize, const RUN: usize>(
     img: &[f32],
     s: &ConvShape,
     wg: &[f32],
@@ -452,13 +472,13 @@ fn tiles<const P: usize, const NV: usize>(
             }
             *a = last;
         }
-        tile::<P, NV>(img, s, wg, v0, p0, &at, pos, y);
+        tile::<P, NV, RUN>(img, s, wg, v0, p0, &at, pos, y);
     }
 }
 
 #[allow(clippy::too_many_arguments)]
 #[multiversion(targets("x86_64+avx2+fma"))]
-fn tile<const P: usize, const NV: usize>(
+fn tile<const P: usize, const NV: usize, const RUN: usize>(
     img: &[f32],
     s: &ConvShape,
     wg: &[f32],
@@ -470,7 +490,8 @@ fn tile<const P: usize, const NV: usize>(
 ) {
     let fma = multiversion::target::target_cfg_f!(target_feature = "fma");
     let (k, cin, cout) = (s.k, s.cin, s.cout);
-    let run = k * cin;
+    debug_assert!(RUN == 0 || RUN == k * cin);
+    let run = if RUN > 0 { RUN } else { k * cin };
     let mut acc = [vectors::<NV>(&wg[s.kdim() * NV * L..]); P];
     for dy in 0..k {
         // Each position's run of inputs for kernel row `dy`.
@@ -478,7 +499,7 @@ fn tile<const P: usize, const NV: usize>(
         for (r, &a) in runs.iter_mut().zip(at) {
             *r = &img[a + dy * s.w * cin..a + dy * s.w * cin + run];
         }
-        acc = panel(acc, &runs, &wg[dy * run * NV * L..], fma);
+        acc = panel::<P, NV, RUN>(acc, &runs, &wg[dy * run * NV * L..], fma);
     }
     store_rows(&std::hint::black_box(acc), y, p0, pos - p0, cout, v0 * L);
 }
@@ -639,22 +660,23 @@ fn vectors<const NV: usize>(s: &[f32]) -> [[f32; L]; NV] {
 /// positions than vectors, the `NV` weight vectors are loaded once and each position's
 /// input broadcast straight from memory against them (`NV + 1` registers beside the
 /// accumulators); otherwise the `P` inputs are broadcast first and each weight vector taken
-/// in turn (`P + 1`). Either way each accumulator adds its terms in `j` order.
+/// in turn (`P + 1`). Either way each accumulator adds its terms in `j` order. `RUN`, when
+/// not 0, is the runs' length known at compile time, so the loop over `j` unrolls.
 #[inline(always)]
-fn panel<const P: usize, const NV: usize>(
+fn panel<const P: usize, const NV: usize, const RUN: usize>(
     mut acc: [[[f32; L]; NV]; P],
     runs: &[&[f32]; P],
     b: &[f32],
     fma: bool,
 ) -> [[[f32; L]; NV]; P] {
     // Every run cut to one length, so that indexing them below needs no bounds checks.
-    let k = runs[0].len();
+    let k = if RUN > 0 { RUN } else { runs[0].len() };
     let mut cut: [&[f32]; P] = [&[]; P];
     for (c, r) in cut.iter_mut().zip(runs) {
         *c = &r[..k];
     }
     let runs = cut;
-    for (j, row) in b.chunks_exact(NV * L).take(k).enumerate() {
+    for (j, row) in b[..k * NV * L].chunks_exact(NV * L).enumerate() {
         if P > NV {
             let wv = vectors::<NV>(row);
             for (ai, r) in acc.iter_mut().zip(&runs) {
@@ -784,9 +806,10 @@ mod tests {
     #[test]
     fn multi_channel_forward_matches_im2col() {
         let s = |h, w, cin, cout, k| ConvShape { h, w, cin, cout, k };
-        // LeNet-5's first layer at 20 channels, its second at (3,9,4) and (20,50,100) sizes; 3 vectors of channels
-        // plus 1 and plus 2 over 7×7 outputs (positions left over by every tile size); one
-        // vector, one channel.
+        // LeNet-5's first layer at 20 channels, its second at (3,9,4) and (20,50,100) sizes; 3
+        // vectors of channels plus 1 and plus 2 over 7×7 outputs (positions left over by every
+        // tile size); one vector, one channel; one input channel and 5×5 kernels (unrolled
+        // runs) in groups of 6 and 1 vectors, and of 2.
         for (i, sh) in [
             s(28, 28, 1, 20, 5),
             s(12, 12, 3, 9, 5),
@@ -794,6 +817,8 @@ mod tests {
             s(9, 9, 2, 30, 3),
             s(9, 9, 2, 40, 3),
             s(9, 9, 4, 1, 5),
+            s(12, 12, 1, 56, 5),
+            s(12, 12, 1, 16, 5),
         ]
         .into_iter()
         .enumerate()
