@@ -263,33 +263,6 @@ mod tests {
     use super::*;
     use crate::layers::check::*;
 
-    /// Direct convolution, the definition.
-    fn naive(x: &[f32], w: &[f32], b: &[f32], n: usize, s: &ConvShape) -> Vec<f32> {
-        let mut y = vec![0.0; n * s.out_size()];
-        for i in 0..n {
-            for oy in 0..s.oh() {
-                for ox in 0..s.ow() {
-                    for co in 0..s.cout {
-                        let mut acc = b[co];
-                        for dy in 0..s.k {
-                            for dx in 0..s.k {
-                                for ci in 0..s.cin {
-                                    let xv = x[i * s.in_size()
-                                        + ((oy + dy) * s.w + ox + dx) * s.cin
-                                        + ci];
-                                    let wv = w[((dy * s.k + dx) * s.cin + ci) * s.cout + co];
-                                    acc += xv * wv;
-                                }
-                            }
-                        }
-                        y[i * s.out_size() + (oy * s.ow() + ox) * s.cout + co] = acc;
-                    }
-                }
-            }
-        }
-        y
-    }
-
     /// Forward against a direct convolution, for a shape and a seed.
     fn check_forward(s: ConvShape, seed: u64) {
         let n = 3;
@@ -297,7 +270,7 @@ mod tests {
         let x = uniform(&mut g, n * s.in_size(), -1.0, 1.0);
         let w = uniform(&mut g, s.kdim() * s.cout, -1.0, 1.0);
         let b = uniform(&mut g, s.cout, -1.0, 1.0);
-        let want = naive(&x, &w, &b, n, &s);
+        let want = conv_naive(&x, &w, &b, n, &s, false);
         let mut col = vec![0.0; s.col_len(n)];
         let mut y = vec![0.0; n * s.out_size()];
         forward(&x, &w, &b, n, &s, &mut col, &mut y);

@@ -811,33 +811,13 @@ mod tests {
         [s(28, 28, 3, 5), s(10, 12, 5, 5), s(7, 18, 6, 3)]
     }
 
-    /// `forward_multi`'s outputs as a scalar loop computes them: the bias, then one
-    /// multiply-add per kernel tap in the image's order (rows, then columns, then input
-    /// channels), fused where the AVX2 + FMA clone runs.
-    fn taps_in_order(x: &[f32], w: &[f32], b: &[f32], sh: &ConvShape) -> Vec<f32> {
+    /// Whether `forward_multi` runs its AVX2 + FMA clone here (fused multiply-adds).
+    fn fma_clone_runs() -> bool {
         #[cfg(target_arch = "x86_64")]
-        let fma = std::arch::is_x86_feature_detected!("avx2")
+        return std::arch::is_x86_feature_detected!("avx2")
             && std::arch::is_x86_feature_detected!("fma");
         #[cfg(not(target_arch = "x86_64"))]
-        let fma = false;
-        let (ow, k, cin, cout) = (sh.ow(), sh.k, sh.cin, sh.cout);
-        let mut y = Vec::new();
-        for img in x.chunks_exact(sh.in_size()) {
-            for p in 0..sh.oh() * ow {
-                let (oy, ox) = (p / ow, p % ow);
-                for (c, &bias) in b.iter().enumerate() {
-                    let mut acc = bias;
-                    for dy in 0..k {
-                        for j in 0..k * cin {
-                            let xv = img[((oy + dy) * sh.w + ox) * cin + j];
-                            acc = madd(xv, w[(dy * k * cin + j) * cout + c], acc, fma);
-                        }
-                    }
-                    y.push(acc);
-                }
-            }
-        }
-        y
+        false
     }
 
     #[test]
@@ -872,9 +852,10 @@ mod tests {
                 assert!((a - e).abs() < 1e-4, "{sh:?}: {a} vs {e}");
             }
             // Whatever the tiles, each output sums its taps in one order: the same bits as
-            // the scalar loop.
+            // the direct convolution.
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&y), bits(&taps_in_order(&x, &w, &b, &sh)), "{sh:?}");
+            let naive = conv_naive(&x, &w, &b, n, &sh, fma_clone_runs());
+            assert_eq!(bits(&y), bits(&naive), "{sh:?}");
         }
         // No room for the padded weights in one image's scratch, or too many channels.
         assert!(!applies_multi(&s(5, 5, 2, 30, 5)));

@@ -31,6 +31,47 @@ pub(crate) mod check {
         (0..n).map(|_| rng.gen_range(lo..hi)).collect()
     }
 
+    /// Direct convolution, the definition: the bias, then one multiply-add per kernel tap in
+    /// the image's order (rows, then columns, then input channels), fused when `fma` (as the
+    /// kernels' AVX2 + FMA clones do), so a kernel that keeps this order matches it bit for
+    /// bit.
+    pub(crate) fn conv_naive(
+        x: &[f32],
+        w: &[f32],
+        b: &[f32],
+        n: usize,
+        s: &super::conv::ConvShape,
+        fma: bool,
+    ) -> Vec<f32> {
+        let mut y = vec![0.0; n * s.out_size()];
+        for i in 0..n {
+            for oy in 0..s.oh() {
+                for ox in 0..s.ow() {
+                    for co in 0..s.cout {
+                        let mut acc = b[co];
+                        for dy in 0..s.k {
+                            for dx in 0..s.k {
+                                for ci in 0..s.cin {
+                                    let xv = x[i * s.in_size()
+                                        + ((oy + dy) * s.w + ox + dx) * s.cin
+                                        + ci];
+                                    let wv = w[((dy * s.k + dx) * s.cin + ci) * s.cout + co];
+                                    acc = if fma {
+                                        xv.mul_add(wv, acc)
+                                    } else {
+                                        xv * wv + acc
+                                    };
+                                }
+                            }
+                        }
+                        y[i * s.out_size() + (oy * s.ow() + ox) * s.cout + co] = acc;
+                    }
+                }
+            }
+        }
+        y
+    }
+
     /// `Σ r·y` in f64: a scalar loss whose gradient with respect to `y` is `r`.
     pub(crate) fn dot(r: &[f32], y: &[f32]) -> f64 {
         r.iter()
