@@ -336,6 +336,16 @@ fn damaged_streams_are_clear_errors() {
             .unwrap(),
         "count",
     );
+    // Cut, or damaged inside its records (which score-aiq checks by their CRC-32, not by
+    // decoding them), through a pipe and from a file; then with data after its end.
+    for cut in [30, counts.len() / 2, counts.len() - 5, counts.len() - 1] {
+        fails_both_ways("score-aiq", &counts[..cut], "ends early");
+        fails_both_ways("count-states", &counts[..cut], "ends early");
+    }
+    let mut damaged = counts.clone();
+    let last_record = damaged.len() - 4 - 1;
+    damaged[last_record] ^= 0x10;
+    fails_both_ways("score-aiq", &damaged, "CRC-32");
     counts.push(0);
     fails(feed(&mut bin("score-aiq"), &counts), "after the last layer");
     fails(

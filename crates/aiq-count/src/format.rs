@@ -1,21 +1,24 @@
 //! The counts stream (`AIQCOUNT`), written by `count-states` and read by `count-states`
 //! (to merge) and `score-aiq`.
 //!
-//! Layout (version 3; the header is bincode with fixed-width little-endian integers, see
+//! Layout (version 4; the header is bincode with fixed-width little-endian integers, see
 //! `aiq_io`):
 //!
 //! ```text
 //! "AIQCOUNT" u32 version
 //! CountsHeader                 the measurement (model, data set, split, inputs, correct,
 //!                              provenance chain) and per layer name, neurons, states per
-//!                              input, observations, distinct, count_bytes
-//! per layer, its distinct states strictly ascending by value, with their counts:
+//!                              input, observations, distinct, count_bytes, record_bytes,
+//!                              count profile: (count, states seen that many times) pairs
+//! per layer, its distinct states strictly ascending by value, with their counts
+//! (record_bytes bytes):
 //!   layers of ≤ 64 neurons, in blocks of 32 records (the last one shorter):
 //!     u8 widths                gap bytes g (1 to 8) in the low four bits, count bytes c
 //!                              (0 to 8) in the high four
 //!     n × g bytes              each state minus the one before (the layer's first: itself)
 //!     n × c bytes              each count minus 1 (c = 0: every count in the block is 1)
 //!   wider layers, distinct × { state: ceil(neurons / 8) bytes, count: count_bytes bytes }
+//! u32 CRC-32                   of every byte between the version and itself
 //! ```
 //!
 //! Integers are little-endian; a state's bit i is neuron i. `count_bytes` is the fewest bytes
@@ -25,19 +28,27 @@
 //! which is what a pipe or a file between `count-states` and `score-aiq` costs; decoding
 //! stays one load and mask per field. Version 1 stored whole `u64` words: 7.7 MB.
 //!
+//! A score needs each layer's count profile alone, which the header holds: `score-aiq`
+//! checks the records against the CRC rather than decoding them
+//! ([`summarize_counts_after_magic`]). Reading the records
+//! ([`read_counts_after_magic`], for merging) checks them fully, the header's sizes and
+//! profile included, and the CRC. Version 3 had no profile, record bytes or CRC.
+//!
 //! Because states are sorted and unique, two count files merge by a linear merge that adds
 //! the counts of equal states: counts of shards add up to the counts of the whole.
 
 use std::io::{self, Read, Write};
 
-use aiq_io::{decode_bounded, encode, IoError, StreamKind};
+use aiq_io::{decode_bounded, encode, read_full, IoError, StreamKind};
 use aiq_states::MAX_NEURONS;
 use serde::{Deserialize, Serialize};
 
-use crate::{Counts, LayerCounts, LayerSummary, Measurement};
+use crate::{
+    check_profile, count_profile, Counts, LayerCounts, LayerSummary, Measurement, ProfileTally,
+};
 
 /// Format version of the counts stream; bump on any layout change.
-pub const COUNTS_VERSION: u32 = 3;
+pub const COUNTS_VERSION: u32 = 4;
 const HEADER_LIMIT: u64 = 16 << 20;
 /// Record bytes read at a time, so memory follows the data actually present.
 const BLOCK_BYTES: usize = 1 << 16;
@@ -56,6 +67,10 @@ struct LayerHeader {
     observations: u64,
     distinct: u64,
     count_bytes: u8,
+    /// Bytes of the layer's records.
+    record_bytes: u64,
+    /// `(count, states seen that many times)`, ascending: see [`count_profile`].
+    profile: Vec<(u64, u64)>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -69,33 +84,128 @@ fn bytes_for(max: u64) -> u8 {
     ((64 - max.leading_zeros()).div_ceil(8) as u8).max(1)
 }
 
-/// The header `write_counts` writes for `counts`.
-fn counts_header(counts: &Counts) -> CountsHeader {
-    CountsHeader {
-        measurement: counts.measurement.clone(),
-        layers: counts
-            .layers
-            .iter()
-            .map(|l| LayerHeader {
-                name: l.name.clone(),
-                neurons: l.neurons,
-                states_per_input: l.states_per_input,
-                observations: l.observations,
-                distinct: l.distinct() as u64,
-                count_bytes: bytes_for(l.counts.iter().copied().max().unwrap_or(0)),
-            })
-            .collect(),
-    }
+/// The bytes of each of a layer's counts in fixed-width records.
+fn count_bytes(l: &LayerCounts) -> u8 {
+    bytes_for(l.counts.iter().copied().max().unwrap_or(0))
 }
 
 /// Writes `counts` as a counts stream.
 pub fn write_counts(w: &mut impl Write, counts: &Counts, name: &str) -> Result<(), IoError> {
+    use rayon::prelude::*;
     let io = |e| IoError::io(name, e);
+    // The header gives each layer's record bytes and count profile: both come first, the
+    // layers on threads of their own and each layer's two side by side.
+    let header = CountsHeader {
+        measurement: counts.measurement.clone(),
+        layers: counts
+            .layers
+            .par_iter()
+            .map(|l| {
+                let cb = count_bytes(l);
+                let (record_bytes, profile) =
+                    rayon::join(|| record_bytes(l, cb), || count_profile(&l.counts));
+                LayerHeader {
+                    name: l.name.clone(),
+                    neurons: l.neurons,
+                    states_per_input: l.states_per_input,
+                    observations: l.observations,
+                    distinct: l.distinct() as u64,
+                    count_bytes: cb,
+                    record_bytes,
+                    profile,
+                }
+            })
+            .collect(),
+    };
     StreamKind::Counts
         .write_header(w, COUNTS_VERSION)
         .map_err(io)?;
-    let header = counts_header(counts);
-    encode(w, &header, name)?;
+    // Encoded in memory, then written at once: its fields are small writes.
+    let mut head = Vec::new();
+    encode(&mut head, &header, name)?;
+    let mut hashed = Crc32Writer {
+        w: &mut *w,
+        crc: crc32fast::Hasher::new(),
+    };
+    hashed.write_all(&head).map_err(io)?;
+    let mut buf = Vec::with_capacity(BLOCK_BYTES + 2 * PAD);
+    for (l, lh) in counts.layers.iter().zip(&header.layers) {
+        encode_records(l, lh.count_bytes, &mut buf, |b: &mut Vec<u8>| {
+            hashed.write_all(b)?;
+            b.clear();
+            Ok(())
+        })
+        .map_err(io)?;
+    }
+    let crc = hashed.crc.finalize();
+    w.write_all(&crc.to_le_bytes()).map_err(io)
+}
+
+/// A writer that adds what it writes to a CRC-32.
+struct Crc32Writer<W> {
+    w: W,
+    crc: crc32fast::Hasher,
+}
+
+impl<W: Write> Write for Crc32Writer<W> {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        let n = self.w.write(b)?;
+        self.crc.update(&b[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.w.flush()
+    }
+}
+
+/// The bytes of a delta-coded block's gaps and counts - 1: the widths of the largest of
+/// each, from their bitwise OR (0 count bytes when every count is 1).
+fn block_widths(states: &[u64], counts: &[u64], prev: u64) -> (usize, usize) {
+    let (mut gaps, mut over) = (0, 0);
+    let mut p = prev;
+    for (&state, &count) in states.iter().zip(counts) {
+        gaps |= state.wrapping_sub(p);
+        over |= count.wrapping_sub(1);
+        p = state;
+    }
+    let g = usize::from(bytes_for(gaps));
+    let c = if over == 0 {
+        0
+    } else {
+        usize::from(bytes_for(over))
+    };
+    (g, c)
+}
+
+/// The bytes [`encode_records`] writes for a layer with `cb`-byte fixed-width counts.
+fn record_bytes(l: &LayerCounts, cb: u8) -> u64 {
+    let nb = (l.neurons as usize).div_ceil(8);
+    if nb > DELTA_MAX_BYTES {
+        return (l.distinct() * (nb + usize::from(cb))) as u64;
+    }
+    let mut prev = 0;
+    let mut bytes = 0;
+    for (states, counts) in l
+        .states
+        .chunks(DELTA_RECORDS)
+        .zip(l.counts.chunks(DELTA_RECORDS))
+    {
+        let (g, c) = block_widths(states, counts, prev);
+        bytes += 1 + states.len() * (g + c);
+        prev = states[states.len() - 1];
+    }
+    bytes as u64
+}
+
+/// Encodes a layer's records, as the counts stream stores them, into `buf`, handing it to
+/// `flush` whenever it holds [`BLOCK_BYTES`] or more and at the end (`flush` empties it).
+fn encode_records<E>(
+    l: &LayerCounts,
+    cb: u8,
+    buf: &mut Vec<u8>,
+    mut flush: impl FnMut(&mut Vec<u8>) -> Result<(), E>,
+) -> Result<(), E> {
     // Whole words are appended and the vector cut back to the field's bytes: fixed-size
     // copies rather than a variable-length one per field.
     let put = |buf: &mut Vec<u8>, x: u64, n: usize| {
@@ -103,70 +213,48 @@ pub fn write_counts(w: &mut impl Write, counts: &Counts, name: &str) -> Result<(
         buf.extend_from_slice(&x.to_le_bytes());
         buf.truncate(at + n);
     };
-    let mut buf = Vec::with_capacity(BLOCK_BYTES + 1024);
-    for (l, lh) in counts.layers.iter().zip(&header.layers) {
-        let nb = (l.neurons as usize).div_ceil(8);
-        let cb = usize::from(lh.count_bytes);
-        buf.clear();
-        if nb <= DELTA_MAX_BYTES {
-            // Each field is stored as a whole word, the next one written over its spare
-            // bytes: fixed-size stores into a block-sized array, then one copy out.
-            let mut block = [0u8; 1 + PAD];
-            let mut prev = 0;
-            for (states, counts) in l
-                .states
-                .chunks(DELTA_RECORDS)
-                .zip(l.counts.chunks(DELTA_RECORDS))
-            {
-                // The widths of the largest gap and count - 1, from their bitwise OR.
-                let (mut gaps, mut over) = (0, 0);
-                let mut p = prev;
-                for (&state, &count) in states.iter().zip(counts) {
-                    gaps |= state.wrapping_sub(p);
-                    over |= count.wrapping_sub(1);
-                    p = state;
-                }
-                let g = usize::from(bytes_for(gaps));
-                let c = if over == 0 {
-                    0
-                } else {
-                    usize::from(bytes_for(over))
-                };
-                block[0] = (g | c << 4) as u8;
-                let mut at = 1;
-                for &state in states {
-                    block[at..at + 8].copy_from_slice(&state.wrapping_sub(prev).to_le_bytes());
-                    at += g;
-                    prev = state;
-                }
-                for &count in counts {
-                    block[at..at + 8].copy_from_slice(&count.wrapping_sub(1).to_le_bytes());
-                    at += c;
-                }
-                buf.extend_from_slice(&block[..at]);
-                if buf.len() >= BLOCK_BYTES {
-                    w.write_all(&buf).map_err(io)?;
-                    buf.clear();
-                }
+    let nb = (l.neurons as usize).div_ceil(8);
+    if nb <= DELTA_MAX_BYTES {
+        // Each field is stored as a whole word, the next one written over its spare
+        // bytes: fixed-size stores into a block-sized array, then one copy out.
+        let mut block = [0u8; 1 + PAD];
+        let mut prev = 0;
+        for (states, counts) in l
+            .states
+            .chunks(DELTA_RECORDS)
+            .zip(l.counts.chunks(DELTA_RECORDS))
+        {
+            let (g, c) = block_widths(states, counts, prev);
+            block[0] = (g | c << 4) as u8;
+            let mut at = 1;
+            for &state in states {
+                block[at..at + 8].copy_from_slice(&state.wrapping_sub(prev).to_le_bytes());
+                at += g;
+                prev = state;
             }
-            w.write_all(&buf).map_err(io)?;
-            continue;
+            for &count in counts {
+                block[at..at + 8].copy_from_slice(&count.wrapping_sub(1).to_le_bytes());
+                at += c;
+            }
+            buf.extend_from_slice(&block[..at]);
+            if buf.len() >= BLOCK_BYTES {
+                flush(buf)?;
+            }
         }
+    } else {
         for (state, &count) in l.states.chunks_exact(l.words()).zip(&l.counts) {
             let mut left = nb;
             for &word in state {
-                put(&mut buf, word, left.min(8));
+                put(buf, word, left.min(8));
                 left = left.saturating_sub(8);
             }
-            put(&mut buf, count, cb);
+            put(buf, count, usize::from(cb));
             if buf.len() >= BLOCK_BYTES {
-                w.write_all(&buf).map_err(io)?;
-                buf.clear();
+                flush(buf)?;
             }
         }
-        w.write_all(&buf).map_err(io)?;
     }
-    Ok(())
+    flush(buf)
 }
 
 /// Reads a counts stream, magic included.
@@ -214,7 +302,7 @@ pub fn read_counts_after_magic(r: &mut impl Read, name: &str) -> Result<Counts, 
 /// A run of one layer's distinct states and their counts, in ascending state order, as a
 /// reader hands them over, already checked.
 #[derive(Debug, Clone, Copy)]
-pub struct Records<'a> {
+struct Records<'a> {
     counts: &'a [u64],
     states: Stored<'a>,
 }
@@ -233,17 +321,6 @@ enum Stored<'a> {
 }
 
 impl<'a> Records<'a> {
-    /// Records straight from a layer's counts.
-    pub(crate) fn of_layer(l: &'a LayerCounts) -> Self {
-        Records {
-            counts: &l.counts,
-            states: Stored::Words {
-                words: l.words(),
-                states: &l.states,
-            },
-        }
-    }
-
     /// The counts, in the states' order.
     pub fn counts(&self) -> &'a [u64] {
         self.counts
@@ -251,10 +328,6 @@ impl<'a> Records<'a> {
 
     pub fn len(&self) -> usize {
         self.counts.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.counts.is_empty()
     }
 
     /// Appends the `j`-th state's `u64` words (bit `i` = neuron `i`) to `out`.
@@ -306,19 +379,36 @@ struct Feed<'r, R> {
     r: &'r mut R,
     buf: Vec<u8>,
     at: usize,
+    /// Bytes handed out by [`take`](Self::take), and their CRC-32.
+    taken: u64,
+    crc: crc32fast::Hasher,
 }
 
 impl<'r, R: Read> Feed<'r, R> {
-    fn new(r: &'r mut R) -> Self {
+    /// Feeds `r`, adding to `crc` what it hands out.
+    fn new(r: &'r mut R, crc: crc32fast::Hasher) -> Self {
         Feed {
             r,
             buf: Vec::new(),
             at: 0,
+            taken: 0,
+            crc,
         }
     }
 
     /// The next `n` bytes, or `Err(found)` with the bytes there were if the stream ends first.
     fn take(&mut self, n: usize) -> io::Result<Result<&[u8], usize>> {
+        if let Err(found) = self.take_unhashed(n)? {
+            return Ok(Err(found));
+        }
+        let b = &self.buf[self.at - n..self.at];
+        self.crc.update(b);
+        self.taken += n as u64;
+        Ok(Ok(b))
+    }
+
+    /// [`take`](Self::take) without counting or hashing the bytes.
+    fn take_unhashed(&mut self, n: usize) -> io::Result<Result<&[u8], usize>> {
         if self.buf.len() - self.at < n {
             self.buf.drain(..self.at);
             self.at = 0;
@@ -534,56 +624,28 @@ const DELTA_BATCH: usize = 64 * DELTA_RECORDS;
 /// counts, counts that sum to the observations, no trailing bytes. Memory is one block of
 /// records, whatever the header claims. On an error the caller must discard what `visit`
 /// saw (a later block may fail, or the sum).
-pub fn scan_counts_after_magic(
+fn scan_counts_after_magic(
     r: &mut impl Read,
     name: &str,
     mut visit: impl FnMut(usize, &LayerSummary, &Records<'_>),
 ) -> Result<(Measurement, Vec<LayerSummary>), IoError> {
-    let header: CountsHeader = decode_bounded(r, HEADER_LIMIT, name, "counts header")?;
+    let mut hashed = Hashed::new(r);
+    let header: CountsHeader = decode_bounded(&mut hashed, HEADER_LIMIT, name, "counts header")?;
+    let crc = hashed.crc;
     let corrupt = |detail: String| IoError::Corrupt {
         name: name.to_string(),
         what: "counts".to_string(),
         detail,
     };
     let io = |e| IoError::io(name, e);
-    let mut feed = Feed::new(r);
+    let mut feed = Feed::new(r, crc);
     let mut summaries = Vec::with_capacity(header.layers.len().min(1024));
     let (mut states, mut counts) = (Vec::new(), Vec::new());
     for (index, lh) in header.layers.into_iter().enumerate() {
-        if lh.neurons == 0 || lh.neurons > MAX_NEURONS {
-            return Err(corrupt(format!(
-                "layer {:?} claims {} neurons",
-                lh.name, lh.neurons
-            )));
-        }
-        let possible = if lh.neurons < 64 {
-            1u64 << lh.neurons
-        } else {
-            u64::MAX
-        };
-        if lh.distinct > lh.observations
-            || lh.distinct > possible
-            || (lh.distinct == 0) != (lh.observations == 0)
-        {
-            return Err(corrupt(format!(
-                "layer {:?} claims {} distinct states of {} neurons in {} observations",
-                lh.name, lh.distinct, lh.neurons, lh.observations
-            )));
-        }
-        if !(1..=8).contains(&lh.count_bytes) {
-            return Err(corrupt(format!(
-                "layer {:?} claims {}-byte counts (expected 1 to 8)",
-                lh.name, lh.count_bytes
-            )));
-        }
-        let summary = LayerSummary {
-            name: lh.name,
-            neurons: lh.neurons,
-            states_per_input: lh.states_per_input,
-            observations: lh.observations,
-            distinct: lh.distinct,
-        };
-        let nb = (lh.neurons as usize).div_ceil(8);
+        let (summary, record_bytes, count_bytes) = layer_summary(lh, corrupt)?;
+        let mut tally = ProfileTally::default();
+        let start = feed.taken;
+        let nb = (summary.neurons as usize).div_ceil(8);
         let cut = |present: u64| IoError::Truncated {
             name: name.to_string(),
             what: format!(
@@ -596,8 +658,8 @@ pub fn scan_counts_after_magic(
         let mut done = 0u64;
         if nb <= DELTA_MAX_BYTES {
             // Bits beyond the neurons: states ascend, so checking each block's last is enough.
-            let beyond = if lh.neurons < 64 {
-                !((1u64 << lh.neurons) - 1)
+            let beyond = if summary.neurons < 64 {
+                !((1u64 << summary.neurons) - 1)
             } else {
                 0
             };
@@ -640,6 +702,7 @@ pub fn scan_counts_after_magic(
                     done += n as u64;
                 }
                 flags.check(&summary, corrupt)?;
+                tally.add(&counts);
                 visit(
                     index,
                     &summary,
@@ -653,10 +716,10 @@ pub fn scan_counts_after_magic(
                 );
             }
         } else {
-            let cb = usize::from(lh.count_bytes);
+            let cb = usize::from(count_bytes);
             let rec = nb + cb;
             // Bits of the state's last byte beyond the neurons must be zero.
-            let spare = nb * 8 - lh.neurons as usize;
+            let spare = nb * 8 - summary.neurons as usize;
             let stray_mask = !(0xffu8 >> spare);
             let block_records = (BLOCK_BYTES / rec).max(1) as u64;
             let mut prev_bytes = Vec::<u8>::new();
@@ -683,6 +746,7 @@ pub fn scan_counts_after_magic(
                     counts.push(count);
                 }
                 flags.check(&summary, corrupt)?;
+                tally.add(&counts);
                 visit(
                     index,
                     &summary,
@@ -704,12 +768,185 @@ pub fn scan_counts_after_magic(
                 summary.name, summary.observations
             )));
         }
+        if feed.taken - start != record_bytes {
+            return Err(corrupt(format!(
+                "layer {:?}: its records take {} bytes, header says {record_bytes}",
+                summary.name,
+                feed.taken - start
+            )));
+        }
+        if tally.finish() != summary.profile {
+            return Err(corrupt(format!(
+                "layer {:?}: its counts differ from the header's count profile",
+                summary.name
+            )));
+        }
         summaries.push(summary);
     }
+    let stored = match feed.take_unhashed(4).map_err(io)? {
+        Ok(b) => u32::from_le_bytes(b.try_into().unwrap_or_default()),
+        Err(_) => return Err(missing_checksum(name)),
+    };
     if !feed.at_end().map_err(io)? {
         return Err(corrupt("data after the last layer".into()));
     }
+    check_crc(feed.crc.finalize(), stored, corrupt)?;
     Ok((header.measurement, summaries))
+}
+
+/// Reads a counts stream (after its magic and version) as far as a score needs: the
+/// header's layers, with their count profiles. The records are not decoded, but every
+/// byte is read and checked against the stream's CRC-32, and everything the header claims
+/// is checked as by [`scan_counts_after_magic`] but for what only the records show (which
+/// the CRC covers: the writer checked them). A cut or damaged stream is an error, never a
+/// score. Memory is one block of bytes, whatever the header claims.
+pub fn summarize_counts_after_magic(
+    r: &mut impl Read,
+    name: &str,
+) -> Result<(Measurement, Vec<LayerSummary>), IoError> {
+    let mut hashed = Hashed::new(r);
+    let header: CountsHeader = decode_bounded(&mut hashed, HEADER_LIMIT, name, "counts header")?;
+    let mut crc = hashed.crc;
+    let corrupt = |detail: String| IoError::Corrupt {
+        name: name.to_string(),
+        what: "counts".to_string(),
+        detail,
+    };
+    let io = |e| IoError::io(name, e);
+    let mut buf = vec![0u8; BLOCK_BYTES];
+    let mut summaries = Vec::with_capacity(header.layers.len().min(1024));
+    for lh in header.layers {
+        let (summary, record_bytes, _) = layer_summary(lh, corrupt)?;
+        let mut done = 0;
+        while done < record_bytes {
+            let n = (record_bytes - done).min(BLOCK_BYTES as u64) as usize;
+            let got = read_full(r, &mut buf[..n]).map_err(io)?;
+            crc.update(&buf[..got]);
+            done += got as u64;
+            if got < n {
+                return Err(IoError::Truncated {
+                    name: name.to_string(),
+                    what: format!(
+                        "cut inside the counts of layer {:?} ({done} of {record_bytes} bytes present)",
+                        summary.name
+                    ),
+                });
+            }
+        }
+        summaries.push(summary);
+    }
+    let mut stored = [0u8; 4];
+    if read_full(r, &mut stored).map_err(io)? < 4 {
+        return Err(missing_checksum(name));
+    }
+    if read_full(r, &mut [0u8; 1]).map_err(io)? > 0 {
+        return Err(corrupt("data after the last layer".into()));
+    }
+    check_crc(crc.finalize(), u32::from_le_bytes(stored), corrupt)?;
+    Ok((header.measurement, summaries))
+}
+
+/// A layer's header checked against itself and the format's bounds: its summary, record
+/// bytes and count bytes.
+fn layer_summary(
+    lh: LayerHeader,
+    corrupt: impl Fn(String) -> IoError,
+) -> Result<(LayerSummary, u64, u8), IoError> {
+    if lh.neurons == 0 || lh.neurons > MAX_NEURONS {
+        return Err(corrupt(format!(
+            "layer {:?} claims {} neurons",
+            lh.name, lh.neurons
+        )));
+    }
+    let possible = if lh.neurons < 64 {
+        1u64 << lh.neurons
+    } else {
+        u64::MAX
+    };
+    if lh.distinct > lh.observations
+        || lh.distinct > possible
+        || (lh.distinct == 0) != (lh.observations == 0)
+    {
+        return Err(corrupt(format!(
+            "layer {:?} claims {} distinct states of {} neurons in {} observations",
+            lh.name, lh.distinct, lh.neurons, lh.observations
+        )));
+    }
+    if !(1..=8).contains(&lh.count_bytes) {
+        return Err(corrupt(format!(
+            "layer {:?} claims {}-byte counts (expected 1 to 8)",
+            lh.name, lh.count_bytes
+        )));
+    }
+    // Delta-coded records take a widths byte per block and 1 to 16 bytes each; fixed
+    // records, the state's bytes and the count's.
+    let nb = (lh.neurons as u64).div_ceil(8);
+    let d = u128::from(lh.distinct);
+    let (least, most) = if nb <= DELTA_MAX_BYTES as u64 {
+        let blocks = d.div_ceil(DELTA_RECORDS as u128);
+        (blocks + d, blocks + 16 * d)
+    } else {
+        let fixed = d * u128::from(nb + u64::from(lh.count_bytes));
+        (fixed, fixed)
+    };
+    if !(least..=most).contains(&u128::from(lh.record_bytes)) {
+        return Err(corrupt(format!(
+            "layer {:?} claims {} bytes of records for {} distinct states",
+            lh.name, lh.record_bytes, lh.distinct
+        )));
+    }
+    check_profile(&lh.profile, lh.distinct, lh.observations)
+        .map_err(|e| corrupt(format!("layer {:?}: {e}", lh.name)))?;
+    let summary = LayerSummary {
+        name: lh.name,
+        neurons: lh.neurons,
+        states_per_input: lh.states_per_input,
+        observations: lh.observations,
+        distinct: lh.distinct,
+        profile: lh.profile,
+    };
+    Ok((summary, lh.record_bytes, lh.count_bytes))
+}
+
+fn missing_checksum(name: &str) -> IoError {
+    IoError::Truncated {
+        name: name.to_string(),
+        what: "missing its CRC-32 after the last layer".to_string(),
+    }
+}
+
+fn check_crc(found: u32, stored: u32, corrupt: impl Fn(String) -> IoError) -> Result<(), IoError> {
+    if found == stored {
+        Ok(())
+    } else {
+        Err(corrupt(format!(
+            "CRC-32 {found:08x} where the stream says {stored:08x}: damaged since it was written"
+        )))
+    }
+}
+
+/// A reader that adds what it reads to a CRC-32: the header, decoded straight from the
+/// stream, is covered by the stream's checksum too.
+struct Hashed<'r, R> {
+    r: &'r mut R,
+    crc: crc32fast::Hasher,
+}
+
+impl<'r, R: Read> Hashed<'r, R> {
+    fn new(r: &'r mut R) -> Self {
+        Hashed {
+            r,
+            crc: crc32fast::Hasher::new(),
+        }
+    }
+}
+
+impl<R: Read> Read for Hashed<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.r.read(buf)?;
+        self.crc.update(&buf[..n]);
+        Ok(n)
+    }
 }
 
 #[cfg(test)]
@@ -752,6 +989,35 @@ mod tests {
     /// (widths byte, gaps, counts - 1): 1 + 3 + 3, 1 + 6 + 10, 1 + 16 + 16; the 70- and
     /// 200-neuron layers in fixed records: 2 × (9 + 3), 2 × (25 + 1).
     const RECORDS: usize = 7 + 17 + 33 + 24 + 52;
+    /// The CRC-32 after the records.
+    const CRC: usize = 4;
+
+    /// A layer's records, as `write_counts` writes them; their length as the header says.
+    fn records(l: &LayerCounts) -> Vec<u8> {
+        let (mut all, mut buf) = (Vec::new(), Vec::new());
+        let cb = count_bytes(l);
+        encode_records(l, cb, &mut buf, |b: &mut Vec<u8>| {
+            all.append(b);
+            Ok::<_, ()>(())
+        })
+        .unwrap();
+        assert_eq!(all.len() as u64, record_bytes(l, cb));
+        all
+    }
+
+    /// `bytes` with its CRC-32 made right again, as a writer of such a stream would.
+    fn restamp(mut bytes: Vec<u8>) -> Vec<u8> {
+        let n = bytes.len() - CRC;
+        let crc = crc32fast::hash(&bytes[12..n]);
+        bytes[n..].copy_from_slice(&crc.to_le_bytes());
+        bytes
+    }
+
+    fn summarize(bytes: &[u8]) -> Result<(Measurement, Vec<LayerSummary>), IoError> {
+        let mut r = bytes;
+        StreamKind::Counts.expect_header(&mut r, "c", COUNTS_VERSION)?;
+        summarize_counts_after_magic(&mut r, "c")
+    }
 
     #[test]
     fn every_width_round_trips_in_few_bytes() {
@@ -763,7 +1029,7 @@ mod tests {
         assert_eq!(bytes_for(255), 1);
         assert_eq!(bytes_for(256), 2);
         assert_eq!(bytes_for(u64::MAX), 8);
-        let header = bytes.len() - RECORDS;
+        let header = bytes.len() - RECORDS - CRC;
         let mut scanned = Vec::new();
         let (_, summaries) = scan_counts_after_magic(&mut &bytes[12..], "c", |i, l, r| {
             for (j, &n) in r.counts().iter().enumerate() {
@@ -773,12 +1039,19 @@ mod tests {
             }
         })
         .unwrap();
-        assert!(header < 300, "{header}");
+        // Most of the header is the six count profiles, 16 bytes an entry.
+        assert!(header < 600, "{header}");
         assert_eq!(&bytes[header..header + 7], &[0x11, 0, 5, 2, 0, 254, 1]);
         assert_eq!(summaries.len(), 6);
         assert_eq!(scanned.len(), 11);
         assert_eq!(scanned[2], (0, 3, vec![7], 2));
         assert_eq!(scanned[10], (5, 2, vec![9, 0, 0, 1], 1));
+        // The summaries alone, without decoding: the same, with every layer's profile.
+        let (_, quick) = summarize(&bytes).unwrap();
+        assert_eq!(quick, summaries);
+        let want: Vec<LayerSummary> = c.layers.iter().map(LayerCounts::summary).collect();
+        assert_eq!(quick, want);
+        assert_eq!(quick[0].profile, vec![(1, 1), (2, 1), (255, 1)]);
     }
 
     #[test]
@@ -796,7 +1069,8 @@ mod tests {
         assert_eq!(read_counts(&mut bytes.as_slice(), "c").unwrap(), c);
         // The first block's counts are all 1: no count bytes.
         let fixed = 5000 * (6 + 4);
-        assert!(bytes.len() < fixed * 3 / 4, "{} of {fixed}", bytes.len());
+        let records = records(&c.layers[0]).len();
+        assert!(records < fixed * 3 / 4, "{records} of {fixed}");
         let mut seen = (Vec::new(), Vec::new());
         scan_counts_after_magic(&mut &bytes[12..], "c", |_, _, r| {
             for j in 0..r.len() {
@@ -812,7 +1086,7 @@ mod tests {
     fn damage_is_named() {
         let c = sample();
         let bytes = write(&c);
-        let n = bytes.len();
+        let n = bytes.len() - CRC;
         let err = |b: &[u8]| read_counts(&mut &b[..], "c").unwrap_err().to_string();
         let edit = |at: usize, to: &[u8]| {
             let mut b = bytes.clone();
@@ -845,24 +1119,102 @@ mod tests {
         // Its counts, 2^64 - 2 and 1, made to wrap around.
         let e = edit(at64 + 1 + 24, &2u64.to_le_bytes());
         assert!(e.contains("overflow"), "{e}");
-        for cut in [n - 1, at + 1, at20 + 3, 20] {
+        for cut in [n + CRC - 1, n, n - 1, at + 1, at20 + 3, 20] {
             assert!(matches!(
                 read_counts(&mut &bytes[..cut], "c"),
                 Err(IoError::Truncated { .. })
             ));
+            assert!(
+                matches!(summarize(&bytes[..cut]), Err(IoError::Truncated { .. })),
+                "{cut}"
+            );
         }
         let mut b = bytes.clone();
         b.push(0);
         assert!(err(&b).contains("data after the last layer"), "{}", err(&b));
+        let e = summarize(&b).unwrap_err().to_string();
+        assert!(e.contains("data after the last layer"), "{e}");
+        // Damage no record check can see: the 3-neuron layer's states 0, 5, 7 made 0, 4, 6
+        // (still ascending, still 3 bits), or its counts 1 and 255 swapped (the same sum
+        // and profile). The CRC does, with or without decoding.
+        for (at, to) in [(at + 2, &[4u8][..]), (at + 4, &[254, 0])] {
+            let mut d = bytes.clone();
+            d[at..at + to.len()].copy_from_slice(to);
+            let e = err(&d);
+            assert!(e.contains("CRC-32"), "{e}");
+            let e = summarize(&d).unwrap_err().to_string();
+            assert!(e.contains("CRC-32"), "{e}");
+        }
+        // The checksum itself damaged.
+        let mut d = bytes.clone();
+        d[n] ^= 1;
+        assert!(err(&d).contains("CRC-32"), "{}", err(&d));
+        assert!(summarize(&d).unwrap_err().to_string().contains("CRC-32"));
+    }
+
+    #[test]
+    fn headers_must_agree_with_their_records() {
+        // One 3-neuron layer, states 0 and 5 seen once and 3 times; every header below is
+        // a consistent claim in itself, and its CRC is right.
+        let c = Counts {
+            measurement: Measurement::default(),
+            layers: vec![layer(3, vec![0, 5], vec![1, 3])],
+        };
+        let bytes = write(&c);
+        let records = records(&c.layers[0]);
+        let stream = |lh: LayerHeader| {
+            let mut b = Vec::new();
+            StreamKind::Counts
+                .write_header(&mut b, COUNTS_VERSION)
+                .unwrap();
+            let header = CountsHeader {
+                measurement: Measurement::default(),
+                layers: vec![lh],
+            };
+            encode(&mut b, &header, "c").unwrap();
+            b.extend_from_slice(&records);
+            b.extend_from_slice(&[0; CRC]);
+            restamp(b)
+        };
+        let header = |profile: Vec<(u64, u64)>, record_bytes: u64| LayerHeader {
+            name: "l3".into(),
+            neurons: 3,
+            states_per_input: 1,
+            observations: 4,
+            distinct: 2,
+            count_bytes: 1,
+            record_bytes,
+            profile,
+        };
+        let n = records.len() as u64;
+        assert_eq!(stream(header(vec![(1, 1), (3, 1)], n)), bytes);
+        // Two states seen twice: the right sums, not these counts. Only decoding shows it.
+        let b = stream(header(vec![(2, 2)], n));
+        let e = read_counts(&mut b.as_slice(), "c").unwrap_err().to_string();
+        assert!(e.contains("count profile"), "{e}");
+        // A profile that cannot be: wrong sums, a count of 0, counts not ascending.
+        for p in [vec![(1, 2)], vec![(0, 1), (4, 1)], vec![(3, 1), (1, 1)]] {
+            let b = stream(header(p, n));
+            let e = summarize(&b).unwrap_err().to_string();
+            assert!(e.contains("count profile"), "{e}");
+        }
+        // Record bytes beyond what 2 states can take, or one byte off.
+        let e = summarize(&stream(header(vec![(1, 1), (3, 1)], 1 << 20)))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bytes of records"), "{e}");
+        let b = stream(header(vec![(1, 1), (3, 1)], n + 1));
+        let e = read_counts(&mut b.as_slice(), "c").unwrap_err().to_string();
+        assert!(e.contains("header says"), "{e}");
+        assert!(summarize(&b).is_err());
     }
 
     /// Where each delta-coded block of the one layer of `c`, written as `bytes`, starts, and
     /// its gap and count widths.
     fn blocks(c: &Counts, bytes: &[u8]) -> Vec<(usize, usize, usize)> {
         let l = &c.layers[0];
-        let mut head = Vec::new();
-        encode(&mut head, &counts_header(c), "c").unwrap();
-        let (mut at, mut left, mut found) = (12 + head.len(), l.distinct(), Vec::new());
+        let start = bytes.len() - CRC - records(l).len();
+        let (mut at, mut left, mut found) = (start, l.distinct(), Vec::new());
         while left > 0 {
             let (g, c) = (usize::from(bytes[at] & 15), usize::from(bytes[at] >> 4));
             found.push((at, g, c));
@@ -870,7 +1222,7 @@ mod tests {
             at += 1 + n * (g + c);
             left -= n;
         }
-        assert_eq!(at, bytes.len());
+        assert_eq!(at, bytes.len() - CRC);
         found
     }
 
@@ -944,6 +1296,8 @@ mod tests {
                 observations: 1 << 41,
                 distinct: 1 << 40,
                 count_bytes: 1,
+                record_bytes: 10 << 40,
+                profile: vec![(2, 1 << 40)],
             }],
         };
         let head = bytes.len();
@@ -954,6 +1308,7 @@ mod tests {
         // The same of a 60-neuron layer, delta-coded: one whole block of 32, then the cut.
         let mut narrow = header;
         narrow.layers[0].neurons = 60;
+        narrow.layers[0].record_bytes = 3 << 40;
         bytes.truncate(head);
         encode(&mut bytes, &narrow, "c").unwrap();
         bytes.push(0x01);

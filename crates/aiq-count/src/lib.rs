@@ -5,8 +5,8 @@
 //! than the observations. The result, [`Counts`], holds each layer's distinct states sorted by
 //! value with their counts, and is written and read as the `AIQCOUNT` stream
 //! ([`write_counts`], [`read_counts`]). Counts of shards [`Counts::merge`] into the counts of
-//! the whole. [`scan_any`] hands a stream's counts over a block at a time without keeping
-//! them, which is all a score needs. [`count_npy`] counts activations exported from any
+//! the whole. [`summarize_any`] gives what a score needs, each layer's [`count_profile`],
+//! which a counts stream's header holds. [`count_npy`] counts activations exported from any
 //! framework.
 //!
 //! ```
@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 
 pub use counter::{FoldHasher, LayerCounter};
 pub use format::{
-    read_counts, read_counts_after_magic, scan_counts_after_magic, write_counts, Records,
+    read_counts, read_counts_after_magic, summarize_counts_after_magic, write_counts,
     COUNTS_VERSION,
 };
 pub use npy::{count_npy, read_npy_header, NpyHeader};
@@ -104,6 +104,7 @@ impl LayerCounts {
             states_per_input: self.states_per_input,
             observations: self.observations,
             distinct: self.distinct() as u64,
+            profile: count_profile(&self.counts),
         }
     }
 
@@ -155,6 +156,92 @@ pub struct LayerSummary {
     pub states_per_input: u32,
     pub observations: u64,
     pub distinct: u64,
+    /// The layer's [`count_profile`]: every entropy of the layer follows from it.
+    pub profile: Vec<(u64, u64)>,
+}
+
+/// Counts below this are tallied in an array by [`count_profile`], the others sorted.
+const PROFILE_SMALL: usize = 1024;
+
+/// How many distinct states were seen each number of times: `(count, states)` pairs, by
+/// ascending count, zero counts left out. Entropies of any order depend on the counts only
+/// through this profile, and it is short: `k` different counts sum to at least `k(k+1)/2`,
+/// so it has at most `sqrt(2 · observations)` entries (LeNet-5 conv2: 444k distinct
+/// states, a few hundred entries). The counts file stores it in its header, so that a score
+/// needs no record (see `format`).
+pub fn count_profile(counts: &[u64]) -> Vec<(u64, u64)> {
+    let mut tally = ProfileTally::default();
+    tally.add(counts);
+    tally.finish()
+}
+
+/// A [`count_profile`] built from counts handed over in runs.
+#[derive(Debug)]
+pub(crate) struct ProfileTally {
+    small: Box<[u64; PROFILE_SMALL]>,
+    large: Vec<u64>,
+}
+
+impl Default for ProfileTally {
+    fn default() -> Self {
+        ProfileTally {
+            small: Box::new([0; PROFILE_SMALL]),
+            large: Vec::new(),
+        }
+    }
+}
+
+impl ProfileTally {
+    pub(crate) fn add(&mut self, counts: &[u64]) {
+        for &c in counts {
+            match self.small.get_mut(c as usize) {
+                Some(n) => *n += 1,
+                None => self.large.push(c),
+            }
+        }
+    }
+
+    pub(crate) fn finish(mut self) -> Vec<(u64, u64)> {
+        self.large.sort_unstable();
+        let mut profile: Vec<(u64, u64)> = (1..PROFILE_SMALL)
+            .filter(|&c| self.small[c] > 0)
+            .map(|c| (c as u64, self.small[c]))
+            .collect();
+        for &c in &self.large {
+            match profile.last_mut() {
+                Some((last, n)) if *last == c => *n += 1,
+                _ => profile.push((c, 1)),
+            }
+        }
+        profile
+    }
+}
+
+/// Why `profile` cannot be the [`count_profile`] of `distinct` states seen `observations`
+/// times in all, if it cannot: counts ascending and above zero, every entry some states.
+pub fn check_profile(
+    profile: &[(u64, u64)],
+    distinct: u64,
+    observations: u64,
+) -> Result<(), String> {
+    let (mut states, mut total, mut prev) = (0u64, 0u64, 0u64);
+    for &(c, n) in profile {
+        if c <= prev || n == 0 {
+            return Err(format!(
+                "its count profile has {n} states seen {c} times after a count of {prev}"
+            ));
+        }
+        prev = c;
+        states = states.saturating_add(n);
+        total = total.saturating_add(c.saturating_mul(n));
+    }
+    if (states, total) != (distinct, observations) {
+        return Err(format!(
+            "its count profile sums to {states} distinct states in {total} observations, \
+             where the layer claims {distinct} in {observations}"
+        ));
+    }
+    Ok(())
 }
 
 /// Every layer's counts plus what was measured.
@@ -208,37 +295,26 @@ fn read_after_header(
     }
 }
 
-/// Like [`read_any`], but hands every layer's counts, in ascending state order, to `visit`
-/// (layer index, layer, a block of states and counts) instead of returning them: a counts stream is checked
-/// as fully as by [`read_counts`] without ever being held in memory, which is all a score
-/// needs. A states stream is counted first, as by [`read_any`]. On an error the caller must
-/// discard what `visit` saw.
-pub fn scan_any<'a>(
+/// A states or counts stream's measurement and every layer's summary, with its count
+/// profile: all a score needs. A counts stream's records are checked against its CRC-32
+/// rather than decoded, so a score of a counts file reads it at memory speed
+/// ([`format::summarize_counts_after_magic`]); a states stream is counted first, as by
+/// [`read_any`].
+pub fn summarize_any<'a>(
     src: impl Into<Source<'a>>,
     name: &str,
-    mut visit: impl FnMut(usize, &LayerSummary, &Records<'_>),
 ) -> Result<(Measurement, Vec<LayerSummary>), CountError> {
     let mut src = src.into();
     let (kind, version) = src.read_header(name)?;
     match kind {
         StreamKind::Counts => {
             StreamKind::Counts.check(kind, version, name, COUNTS_VERSION)?;
-            Ok(scan_counts_after_magic(
-                &mut src.into_reader(),
-                name,
-                visit,
-            )?)
+            Ok(summarize_counts_after_magic(&mut src.into_reader(), name)?)
         }
         _ => {
+            use rayon::prelude::*;
             let counts = read_after_header(kind, version, src, name)?;
-            let mut summaries = Vec::with_capacity(counts.layers.len());
-            for (i, l) in counts.layers.iter().enumerate() {
-                let s = l.summary();
-                if l.distinct() > 0 {
-                    visit(i, &s, &Records::of_layer(l));
-                }
-                summaries.push(s);
-            }
+            let summaries = counts.layers.par_iter().map(LayerCounts::summary).collect();
             Ok((counts.measurement, summaries))
         }
     }
@@ -907,8 +983,9 @@ mod tests {
         }
         // Swap the first two records of the last layer: out of order.
         let mut bad = bytes.clone();
-        let n = bad.len();
-        // The last layer: 70 neurons (9 bytes) and counts of 1 (1 byte), 10 records.
+        // Before the 4-byte CRC-32, the last layer: 70 neurons (9 bytes) and counts of 1
+        // (1 byte), 10 records.
+        let n = bad.len() - 4;
         assert_eq!(counts.layers[1].distinct(), 10);
         let (a, b) = (n - 10 * 10, n - 9 * 10);
         let first: Vec<u8> = bad[a..b].to_vec();
@@ -927,6 +1004,33 @@ mod tests {
             read_counts(&mut long.as_slice(), "c"),
             Err(IoError::Corrupt { .. })
         ));
+    }
+
+    #[test]
+    fn count_profiles_tally_every_count_once() {
+        // Small counts (tallied) and large ones (sorted), zero counts left out, any order.
+        let counts = [3, 1, 5000, 0, 1, 1 << 40, 3, 5000, 1, 1023, 1024];
+        let profile = count_profile(&counts);
+        assert_eq!(
+            profile,
+            vec![
+                (1, 3),
+                (3, 2),
+                (1023, 1),
+                (1024, 1),
+                (5000, 2),
+                (1 << 40, 1)
+            ]
+        );
+        let total: u64 = counts.iter().sum();
+        assert_eq!(check_profile(&profile, 10, total), Ok(()));
+        assert!(check_profile(&profile, 11, total).is_err());
+        assert!(check_profile(&profile, 10, total - 1).is_err());
+        assert!(check_profile(&[(2, 1), (2, 1)], 2, 4).is_err());
+        assert!(check_profile(&[(0, 1), (4, 1)], 2, 4).is_err());
+        assert!(check_profile(&[(4, 0), (4, 1)], 1, 4).is_err());
+        assert_eq!(check_profile(&[], 0, 0), Ok(()));
+        assert!(count_profile(&[]).is_empty());
     }
 
     #[test]

@@ -193,6 +193,21 @@ impl fmt::Display for StreamKind {
     }
 }
 
+/// Reads until `buf` is full or the input ends; the bytes read (fewer than `buf.len()` only
+/// at the end of the input).
+pub fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
 /// `read_exact` that reports a short read as [`IoError::Truncated`] naming `what`.
 pub fn read_exact_or_truncated(
     r: &mut impl Read,

@@ -3,13 +3,13 @@
 
 use std::fmt;
 
-use aiq_count::{scan_any, CountError, Counts, LayerSummary, Measurement};
+use aiq_count::{summarize_any, CountError, Counts, LayerSummary, Measurement};
 use aiq_io::{Provenance, Source};
 use aiq_states::ModelIdentity;
 use serde::{Deserialize, Serialize};
 
 use crate::measures::{
-    aiq, efficiency, efficiency_ceiling, network_efficiency, shannon_bits, MetricsError, ShannonSum,
+    aiq, efficiency, efficiency_ceiling, network_efficiency, shannon_bits_of_profile, MetricsError,
 };
 
 /// Why a stream could not be scored.
@@ -41,7 +41,8 @@ pub struct LayerScore {
 }
 
 impl LayerScore {
-    fn new(l: LayerSummary, entropy_bits: f64) -> Self {
+    fn new(l: LayerSummary) -> Self {
+        let entropy_bits = shannon_bits_of_profile(&l.profile);
         LayerScore {
             efficiency: efficiency(entropy_bits, l.neurons),
             efficiency_ceiling: efficiency_ceiling(l.observations, l.neurons),
@@ -93,15 +94,15 @@ impl Scorecard {
         let layers = counts
             .layers
             .iter()
-            .map(|l| LayerScore::new(l.summary(), shannon_bits(&l.counts)))
+            .map(|l| LayerScore::new(l.summary()))
             .collect();
         Self::from_layers(layers, &counts.measurement, beta, accuracy, tool)
     }
 
     /// Scores the states or counts stream `r` (told apart by its magic) named `name`. A
-    /// counts stream is scored as it streams by, never held in memory
-    /// ([`aiq_count::scan_any`]); a states stream is counted first. Same numbers as
-    /// [`Scorecard::new`] of the same counts.
+    /// counts stream's header has all a score needs; its records are checked against the
+    /// stream's CRC-32, not decoded ([`aiq_count::summarize_any`]). A states stream is counted
+    /// first. Same numbers as [`Scorecard::new`] of the same counts.
     pub fn read<'a>(
         src: impl Into<Source<'a>>,
         name: &str,
@@ -109,21 +110,8 @@ impl Scorecard {
         accuracy: Option<f64>,
         tool: Provenance,
     ) -> Result<Self, ScoreError> {
-        let mut sums: Vec<ShannonSum> = Vec::new();
-        let (measurement, summaries) = scan_any(src, name, |i, l, records| {
-            while sums.len() <= i {
-                sums.push(ShannonSum::new(l.observations, l.distinct as usize));
-            }
-            sums[i].add_all(records.counts());
-        })?;
-        let layers = summaries
-            .into_iter()
-            .enumerate()
-            .map(|(i, l)| {
-                let h = sums.get(i).map_or(0.0, ShannonSum::bits);
-                LayerScore::new(l, h)
-            })
-            .collect();
+        let (measurement, summaries) = summarize_any(src, name)?;
+        let layers = summaries.into_iter().map(LayerScore::new).collect();
         Self::from_layers(layers, &measurement, beta, accuracy, tool).map_err(|source| {
             ScoreError::Metrics {
                 name: name.to_string(),

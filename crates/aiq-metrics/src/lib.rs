@@ -20,5 +20,5 @@ mod measures;
 pub use card::{LayerScore, ScoreError, Scorecard};
 pub use measures::{
     aiq, efficiency, efficiency_ceiling, network_efficiency, renyi_bits, shannon_bits,
-    MetricsError, ShannonSum,
+    shannon_bits_of_profile, MetricsError,
 };

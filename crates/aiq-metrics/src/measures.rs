@@ -1,7 +1,9 @@
 //! The paper's measures, as pure functions of counts and efficiencies.
 //!
-//! Every sum runs in an order fixed by the counts' positions (the counts format keeps them
-//! sorted by state value), in `f64`, so a result is the same on every run and thread count.
+//! Entropies are sums over a layer's count profile, by ascending count, in `f64`: a result
+//! depends on the counts alone, so it is the same on every run, thread count and route.
+
+use aiq_count::count_profile;
 
 /// A measure asked of values outside its domain.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -25,120 +27,63 @@ fn unit(what: &'static str, value: f64) -> Result<f64, MetricsError> {
 /// Shannon entropy in bits of the distribution the counts describe: `-Σ p log2 p`.
 /// Zero for no observations or a single state.
 pub fn shannon_bits(counts: &[u64]) -> f64 {
-    let mut h = ShannonSum::new(counts.iter().sum(), counts.len());
-    h.add_all(counts);
-    h.bits()
+    shannon_bits_of_profile(&count_profile(counts))
 }
 
-/// Shannon entropy summed one count at a time in the order given, so that counts streamed
-/// from a file need not be held: the same terms in the same order as [`shannon_bits`] of
-/// the same counts, hence the same bits.
-///
-/// The terms go round [`LANES`] partial sums by their position in the whole sequence, added
-/// together at the end: four additions in flight instead of one chain of dependent ones,
-/// and still the same bits however the counts are split into blocks.
-#[derive(Debug, Clone)]
-pub struct ShannonSum {
-    n: f64,
-    small: Vec<f64>,
-    lanes: [f64; LANES],
-    /// The lane of the next term.
-    next: usize,
+/// Shannon entropy in bits from a layer's count profile (`(count, states)` pairs by
+/// ascending count, [`aiq_count::count_profile`]): the states seen `c` times of `n` add
+/// `states · (-p log2 p)` with `p = c / n`. One term per different count, summed by
+/// ascending count: the bits follow from the counts alone, whatever their order and
+/// however they were read, and a counts file's header gives them without its records.
+pub fn shannon_bits_of_profile(profile: &[(u64, u64)]) -> f64 {
+    let Some(n) = profile_total(profile) else {
+        return 0.0;
+    };
+    // -0.0: where `f64`'s `Sum` starts, so a single state's -0.0 term gives 0.
+    let h = profile
+        .iter()
+        .fold(-0.0, |h, &(c, states)| h + states as f64 * term(c, n));
+    h.max(0.0)
 }
 
-/// Partial sums of [`ShannonSum`].
-const LANES: usize = 4;
-
-impl ShannonSum {
-    /// For `distinct` counts that sum to `total`.
-    pub fn new(total: u64, distinct: usize) -> Self {
-        let n = total as f64;
-        // Most states of a wide layer are seen a few times: their terms come from a table
-        // of the small counts, computed by the same expression (so the same bits), rather
-        // than one log2 per state.
-        let small = if total > 0 && distinct > 4 * SMALL_COUNTS {
-            (0..SMALL_COUNTS as u64).map(|c| term(c, n)).collect()
-        } else {
-            Vec::new()
-        };
-        // -0.0: where `f64`'s `Sum` starts, and what a zero count adds.
-        ShannonSum {
-            n,
-            small,
-            lanes: [-0.0; LANES],
-            next: 0,
-        }
-    }
-
-    /// Adds the terms of `counts`, in order (zero counts add nothing); blocks of counts
-    /// added one after another give the same bits as all of them at once.
-    pub fn add_all(&mut self, counts: &[u64]) {
-        let t = |c: u64| match self.small.get(c as usize) {
-            Some(&t) => t,
-            None => term(c, self.n),
-        };
-        let mut lanes = self.lanes;
-        let head = ((LANES - self.next) % LANES).min(counts.len());
-        let (head, rest) = counts.split_at(head);
-        for &c in head {
-            lanes[self.next] += t(c);
-            self.next = (self.next + 1) % LANES;
-        }
-        let mut quads = rest.chunks_exact(LANES);
-        for q in &mut quads {
-            for (l, &c) in lanes.iter_mut().zip(q) {
-                *l += t(c);
-            }
-        }
-        for &c in quads.remainder() {
-            lanes[self.next] += t(c);
-            self.next = (self.next + 1) % LANES;
-        }
-        self.lanes = lanes;
-    }
-
-    /// The entropy in bits of the counts added (0 when the total is 0).
-    pub fn bits(&self) -> f64 {
-        let [a, b, c, d] = self.lanes;
-        if self.n == 0.0 {
-            0.0
-        } else {
-            ((a + b) + (c + d)).max(0.0)
-        }
-    }
+/// The observations a profile describes, as `f64`; `None` when there are none.
+fn profile_total(profile: &[(u64, u64)]) -> Option<f64> {
+    let n: u128 = profile
+        .iter()
+        .map(|&(c, states)| u128::from(c) * u128::from(states))
+        .sum();
+    (n > 0).then_some(n as f64)
 }
 
-/// One state's Shannon term, `-p log2 p` with `p = c / n`; a zero count's is -0.0, which
-/// adds nothing to any sum.
+/// One state's Shannon term, `-p log2 p` with `p = c / n`.
 fn term(c: u64, n: f64) -> f64 {
-    if c == 0 {
-        return -0.0;
-    }
     let p = c as f64 / n;
     -p * p.log2()
 }
 
-/// Counts below this get their entropy term from a table when a layer has many states.
-const SMALL_COUNTS: usize = 1024;
-
 /// Rényi entropy of order `alpha` in bits: `log2(Σ p^α) / (1 - α)`; order 0 is the log of the
 /// number of distinct states, order 1 is Shannon's, order infinity is `-log2 max p`.
 pub fn renyi_bits(counts: &[u64], alpha: f64) -> f64 {
-    let total: u64 = counts.iter().sum();
-    if total == 0 {
+    let profile = count_profile(counts);
+    let Some(n) = profile_total(&profile) else {
         return 0.0;
-    }
-    let n = total as f64;
-    let present = counts.iter().filter(|&&c| c > 0);
+    };
     if alpha == 0.0 {
-        (present.count() as f64).log2()
+        (profile
+            .iter()
+            .map(|&(_, states)| states as f64)
+            .sum::<f64>())
+        .log2()
     } else if alpha == 1.0 {
-        shannon_bits(counts)
+        shannon_bits_of_profile(&profile)
     } else if alpha.is_infinite() {
-        let max = counts.iter().copied().max().unwrap_or(0) as f64;
+        let max = profile.last().map_or(0, |&(c, _)| c) as f64;
         -(max / n).log2()
     } else {
-        let s: f64 = present.map(|&c| (c as f64 / n).powf(alpha)).sum();
+        let s: f64 = profile
+            .iter()
+            .map(|&(c, states)| states as f64 * (c as f64 / n).powf(alpha))
+            .sum();
         (s.log2() / (1.0 - alpha)).max(0.0)
     }
 }
@@ -223,48 +168,32 @@ mod tests {
     }
 
     #[test]
-    fn tabled_terms_give_the_same_bits_as_direct_ones() {
-        // Enough states for the table, counts small and large, some zero.
-        let counts: Vec<u64> = (0..20_000u64).map(|i| (i * i * 7919) % 3001).collect();
+    fn profile_sums_match_plain_sums_and_ignore_order() {
+        // Counts small and large (past the profile's tally), some zero, in no order.
+        let counts: Vec<u64> = (0..30_000u64).map(|i| (i * i * 7919) % 3001).collect();
         let n = counts.iter().sum::<u64>() as f64;
-        // Each term straight from its count, round the lanes by position (a zero count
-        // keeps its place and adds nothing).
-        let mut lanes = [-0.0f64; LANES];
-        for (i, &c) in counts.iter().enumerate() {
-            if c > 0 {
-                lanes[i % LANES] += -(c as f64 / n) * (c as f64 / n).log2();
-            }
-        }
-        let direct = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
-        assert!(counts.len() > 4 * SMALL_COUNTS);
-        assert_eq!(shannon_bits(&counts).to_bits(), direct.to_bits());
-    }
-
-    #[test]
-    fn blocks_of_any_length_give_the_same_bits() {
-        let counts: Vec<u64> = (0..30_000u64).map(|i| (i * i * 7919) % 37).collect();
-        let whole = shannon_bits(&counts);
-        for step in [1, 3, 4, 5, 31, 32, 1000] {
-            let mut h = ShannonSum::new(counts.iter().sum(), counts.len());
-            // Blocks of growing, uneven lengths, so that they start in every lane.
-            let mut at = 0;
-            let mut len = 1;
-            while at < counts.len() {
-                let end = (at + len).min(counts.len());
-                h.add_all(&counts[at..end]);
-                at = end;
-                len = len % step + 1;
-            }
-            assert_eq!(h.bits().to_bits(), whole.to_bits(), "step {step}");
-        }
-        // Against a plain sum: the lanes reorder the additions, not the terms.
-        let n = counts.iter().sum::<u64>() as f64;
+        let h = shannon_bits(&counts);
         let plain: f64 = counts
             .iter()
             .filter(|&&c| c > 0)
             .map(|&c| -(c as f64 / n) * (c as f64 / n).log2())
             .sum();
-        assert!((whole - plain).abs() < 1e-9 * plain);
+        assert!((h - plain).abs() < 1e-12 * plain, "{h} {plain}");
+        let mut shuffled = counts.clone();
+        shuffled.reverse();
+        shuffled.rotate_left(7);
+        assert_eq!(shannon_bits(&shuffled).to_bits(), h.to_bits());
+        assert_eq!(
+            shannon_bits_of_profile(&count_profile(&counts)).to_bits(),
+            h.to_bits()
+        );
+        let r2: f64 = counts
+            .iter()
+            .map(|&c| (c as f64 / n).powi(2))
+            .sum::<f64>()
+            .log2();
+        assert!((renyi_bits(&counts, 2.0) + r2).abs() < 1e-12 * r2.abs());
+        assert_eq!(shannon_bits_of_profile(&[]), 0.0);
     }
 
     #[test]

@@ -24,7 +24,7 @@
 
 use std::io::{self, Read, Write};
 
-use aiq_io::{decode_bounded, encode, IoError, Provenance, StreamKind};
+use aiq_io::{decode_bounded, encode, read_full, IoError, Provenance, StreamKind};
 use serde::{Deserialize, Serialize};
 
 use crate::pack::words_for;
@@ -677,20 +677,6 @@ impl<'a> StatesReader<&'a [u8]> {
             layers,
         }))
     }
-}
-
-/// Reads until `buf` is full or the input ends; the bytes read.
-fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(n)
 }
 
 /// Little-endian bytes to words (the stream's byte order on every machine).
