@@ -175,6 +175,7 @@ fn sort_runs<K: Copy + Ord + Send + Sync>(keys: &mut Vec<K>) -> Vec<u64> {
     let n = keys.len();
     // Zeroed lazily by the allocator: only the pages of the distinct keys' counts are touched.
     let mut counts = vec![0u64; n];
+    aiq_io::advise_huge_pages(&counts);
     let split = if n >= PARALLEL_SORT && rayon::current_num_threads() > 1 {
         let mut sample: Vec<K> = (0..255).map(|i| keys[i * n / 255]).collect();
         sample.sort_unstable();
@@ -303,7 +304,9 @@ impl LayerCounter {
     pub fn new(neurons: u32) -> Self {
         let words = words_for(neurons as usize).max(1);
         let table = if neurons <= DENSE_MAX_NEURONS {
-            Table::Dense(vec![0; 1 << neurons])
+            let t = vec![0; 1 << neurons];
+            aiq_io::advise_huge_pages(&t);
+            Table::Dense(t)
         } else {
             match words {
                 1 => Table::One(Runs::default()),
@@ -439,8 +442,14 @@ impl LayerCounter {
     pub fn reserve(&mut self, observations: u64) {
         let n = observations.min(BUFFER as u64) as usize;
         match &mut self.table {
-            Table::One(r) => r.buf.reserve(n.saturating_sub(r.buf.len())),
-            Table::Two(r) => r.buf.reserve(n.saturating_sub(r.buf.len())),
+            Table::One(r) => {
+                r.buf.reserve(n.saturating_sub(r.buf.len()));
+                aiq_io::advise_huge_pages(r.buf.spare_capacity_mut());
+            }
+            Table::Two(r) => {
+                r.buf.reserve(n.saturating_sub(r.buf.len()));
+                aiq_io::advise_huge_pages(r.buf.spare_capacity_mut());
+            }
             Table::Dense(_) | Table::Dense64(_) | Table::Many(_) => {}
         }
     }

@@ -447,7 +447,8 @@ fn starts_with(file: &File, magic: &[u8]) -> bool {
 
 /// Maps a regular file read-only.
 ///
-/// The one `unsafe` block of the workspace: a mapping is undefined behaviour if another
+/// One of the workspace's two `unsafe` blocks (with [`advise_huge_pages`]): a mapping is
+/// undefined behaviour if another
 /// process shrinks or rewrites the file while it is mapped. Every file this workspace writes
 /// is written under a temporary name and renamed into place ([`Output`]), which never changes
 /// a file someone has open, so only a file truncated or rewritten in place by another program
@@ -645,6 +646,36 @@ fn widen_pipe(fd: BorrowedFd<'_>) {
 pub fn prefer_small_pages() {
     #[cfg(target_os = "linux")]
     let _ = rustix::thread::disable_transparent_huge_pages(true);
+}
+
+/// Asks the kernel to back the 2 MiB-aligned part of `memory` with transparent huge pages,
+/// before it is first touched: one page fault per 2 MiB instead of per 4 KiB, for a table
+/// that will be touched all over (LeNet-5's conv1 table: 4 MiB). The allocator asks for
+/// nothing itself (see the workspace manifest), so small allocations and the ends of this
+/// one stay in small pages. Best effort: a kernel without transparent huge pages, or one
+/// that declines, leaves the memory as it was.
+#[allow(unsafe_code)]
+pub fn advise_huge_pages<T>(memory: &[T]) {
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let at = memory.as_ptr() as usize;
+        let (start, end) = (
+            at.next_multiple_of(HUGE),
+            (at + std::mem::size_of_val(memory)) & !(HUGE - 1),
+        );
+        if end > start {
+            // SAFETY: [start, end) lies inside `memory`, borrowed for this call. The advice
+            // changes how the kernel backs those pages, never what they hold.
+            let _ = unsafe {
+                rustix::mm::madvise(
+                    start as *mut std::ffi::c_void,
+                    end - start,
+                    rustix::mm::Advice::LinuxHugepage,
+                )
+            };
+        }
+    }
 }
 
 /// Runs a binary's body: prints `tool: error` on one line (with its causes) and exits 1, or
