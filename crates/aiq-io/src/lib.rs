@@ -705,6 +705,38 @@ pub fn run_main(tool: &str, body: impl FnOnce() -> Result<(), Box<dyn std::error
 mod tests {
     use super::*;
 
+    /// The advice reaches the kernel for the aligned middle of a buffer and leaves what
+    /// the buffer holds alone.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn huge_page_advice_covers_the_aligned_middle() {
+        let v: Vec<u32> = (0..(3 << 20)).collect();
+        advise_huge_pages(&v);
+        assert!(v.iter().enumerate().all(|(i, &x)| x == i as u32));
+        if !std::path::Path::new("/sys/kernel/mm/transparent_hugepage").exists() {
+            return; // A kernel without them declines the advice, as documented.
+        }
+        let huge = (v.as_ptr() as usize).next_multiple_of(2 << 20);
+        // The mapping holding that page is marked `hg` (MADV_HUGEPAGE) in its flags.
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut inside = false;
+        let mut flagged = None;
+        for line in smaps.lines() {
+            let range = line.split_whitespace().next().unwrap_or("");
+            if let Some((a, b)) = range.split_once('-') {
+                if let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+                {
+                    inside = (a..b).contains(&huge);
+                    continue;
+                }
+            }
+            if inside && line.starts_with("VmFlags:") {
+                flagged = Some(line.split_whitespace().any(|f| f == "hg"));
+            }
+        }
+        assert_eq!(flagged, Some(true));
+    }
+
     #[cfg(target_os = "linux")]
     #[test]
     fn pipes_are_widened_and_other_descriptors_left_alone() {
