@@ -201,6 +201,15 @@ impl ProfileTally {
         }
     }
 
+    /// Adds another tally's counts.
+    pub(crate) fn merge(&mut self, mut other: ProfileTally) {
+        self.small
+            .iter_mut()
+            .zip(other.small.iter())
+            .for_each(|(a, b)| *a += b);
+        self.large.append(&mut other.large);
+    }
+
     pub(crate) fn finish(mut self) -> Vec<(u64, u64)> {
         self.large.sort_unstable();
         let mut profile: Vec<(u64, u64)> = (1..PROFILE_SMALL)
