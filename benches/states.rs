@@ -178,7 +178,9 @@ fn counting(c: &mut Criterion) {
 }
 
 /// The counts stream of a conv2-like layer (640k states of 50 neurons): written as
-/// `count-states` writes it, and scored as it streams by, as `score-aiq` scores it.
+/// `count-states` writes it, scored as `score-aiq` scores it (the header's count profile,
+/// the records checked against the CRC-32) and read whole, every record decoded and checked,
+/// as a merge reads it.
 fn counts_stream(c: &mut Criterion) {
     use aiq_count::{write_counts, Counts, Measurement};
     let mut counter = LayerCounter::new(50);
@@ -211,6 +213,17 @@ fn counts_stream(c: &mut Criterion) {
                 aiq_metrics::Scorecard::read(bytes.as_slice(), "bench", 2.0, None, tool)
                     .expect("a valid stream")
                     .network_efficiency
+            })
+        },
+    );
+    g.bench_function(
+        format!("read_counts_conv2_{distinct}_distinct_states"),
+        |b| {
+            b.iter(|| {
+                aiq_count::read_counts(&mut bytes.as_slice(), "bench")
+                    .expect("a valid stream")
+                    .layers[0]
+                    .distinct()
             })
         },
     );
