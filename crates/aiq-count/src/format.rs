@@ -292,7 +292,7 @@ pub fn read_counts(r: &mut impl Read, name: &str) -> Result<Counts, IoError> {
 }
 
 /// Reads a counts stream whose magic and version the caller has already read and checked.
-/// Every claim of the header is checked against the data (see [`scan_counts_after_magic`]).
+/// Every claim of the header is checked against the data, and the stream against its CRC-32.
 pub fn read_counts_after_magic(r: &mut impl Read, name: &str) -> Result<Counts, IoError> {
     // Each layer's states and counts, as far as the layers with states go.
     let mut data: Vec<(Vec<u64>, Vec<u64>)> = Vec::new();
@@ -825,7 +825,7 @@ fn scan_counts_after_magic(
 /// Reads a counts stream (after its magic and version) as far as a score needs: the
 /// header's layers, with their count profiles. The records are not decoded, but every
 /// byte is read and checked against the stream's CRC-32, and everything the header claims
-/// is checked as by [`scan_counts_after_magic`] but for what only the records show (which
+/// is checked as by [`read_counts_after_magic`] but for what only the records show (which
 /// the CRC covers: the writer checked them). A cut or damaged stream is an error, never a
 /// score. Memory is one block of bytes, whatever the header claims.
 pub fn summarize_counts_after_magic(
