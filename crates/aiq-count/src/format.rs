@@ -57,7 +57,7 @@ const DELTA_RECORDS: usize = 32;
 /// Widest state (in bytes) stored delta-coded: one `u64` word.
 const DELTA_MAX_BYTES: usize = 8;
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct LayerHeader {
     name: String,
     neurons: u32,
@@ -177,12 +177,7 @@ pub fn write_counts(w: &mut impl Write, counts: &Counts, name: &str) -> Result<(
     hashed.write_all(&head).map_err(io)?;
     let mut buf = Vec::with_capacity(BLOCK_BYTES + 2 * PAD);
     for (l, lh) in counts.layers.iter().zip(&header.layers) {
-        encode_records(l, lh.count_bytes, &mut buf, |b: &mut Vec<u8>| {
-            hashed.write_all(b)?;
-            b.clear();
-            Ok(())
-        })
-        .map_err(io)?;
+        encode_records(l, lh.count_bytes, &mut buf, &mut hashed).map_err(io)?;
     }
     let crc = hashed.crc.finalize();
     w.write_all(&crc.to_le_bytes()).map_err(io)
@@ -225,14 +220,19 @@ fn block_widths(states: &[u64], counts: &[u64], prev: u64) -> (usize, usize) {
     (g, c)
 }
 
-/// Encodes a layer's records, as the counts stream stores them, into `buf`, handing it to
-/// `flush` whenever it holds [`BLOCK_BYTES`] or more and at the end (`flush` empties it).
-fn encode_records<E>(
+/// Writes a layer's records, as the counts stream stores them, to `w` through `buf`
+/// (emptied whenever it holds [`BLOCK_BYTES`] or more, and at the end).
+fn encode_records(
     l: &LayerCounts,
     cb: u8,
     buf: &mut Vec<u8>,
-    mut flush: impl FnMut(&mut Vec<u8>) -> Result<(), E>,
-) -> Result<(), E> {
+    w: &mut impl Write,
+) -> io::Result<()> {
+    let mut flush = |buf: &mut Vec<u8>| {
+        w.write_all(buf)?;
+        buf.clear();
+        Ok::<_, io::Error>(())
+    };
     // Whole words are appended and the vector cut back to the field's bytes: fixed-size
     // copies rather than a variable-length one per field.
     let put = |buf: &mut Vec<u8>, x: u64, n: usize| {
@@ -656,14 +656,8 @@ fn scan_counts_after_magic(
     name: &str,
     mut visit: impl FnMut(usize, &LayerSummary, &Records<'_>),
 ) -> Result<(Measurement, Vec<LayerSummary>), IoError> {
-    let mut hashed = Hashed::new(r);
-    let header: CountsHeader = decode_bounded(&mut hashed, HEADER_LIMIT, name, "counts header")?;
-    let crc = hashed.crc;
-    let corrupt = |detail: String| IoError::Corrupt {
-        name: name.to_string(),
-        what: "counts".to_string(),
-        detail,
-    };
+    let (header, crc) = read_header(r, name)?;
+    let corrupt = corrupt(name);
     let io = |e| IoError::io(name, e);
     let mut feed = Feed::new(r, crc);
     let mut summaries = Vec::with_capacity(header.layers.len().min(1024));
@@ -831,14 +825,8 @@ pub fn summarize_counts_after_magic(
     r: &mut impl Read,
     name: &str,
 ) -> Result<(Measurement, Vec<LayerSummary>), IoError> {
-    let mut hashed = Hashed::new(r);
-    let header: CountsHeader = decode_bounded(&mut hashed, HEADER_LIMIT, name, "counts header")?;
-    let mut crc = hashed.crc;
-    let corrupt = |detail: String| IoError::Corrupt {
-        name: name.to_string(),
-        what: "counts".to_string(),
-        detail,
-    };
+    let (header, mut crc) = read_header(r, name)?;
+    let corrupt = corrupt(name);
     let io = |e| IoError::io(name, e);
     let mut buf = vec![0u8; BLOCK_BYTES];
     let mut summaries = Vec::with_capacity(header.layers.len().min(1024));
@@ -871,6 +859,26 @@ pub fn summarize_counts_after_magic(
     }
     check_crc(crc.finalize(), u32::from_le_bytes(stored), corrupt)?;
     Ok((header.measurement, summaries))
+}
+
+/// The header of a counts stream after its magic and version, and the CRC-32 of its bytes
+/// (the stream's checksum covers it).
+fn read_header(
+    r: &mut impl Read,
+    name: &str,
+) -> Result<(CountsHeader, crc32fast::Hasher), IoError> {
+    let mut hashed = Hashed::new(r);
+    let header = decode_bounded(&mut hashed, HEADER_LIMIT, name, "counts header")?;
+    Ok((header, hashed.crc))
+}
+
+/// The error for damage found in the counts stream `name`.
+fn corrupt(name: &str) -> impl Fn(String) -> IoError + Copy + '_ {
+    move |detail| IoError::Corrupt {
+        name: name.to_string(),
+        what: "counts".to_string(),
+        detail,
+    }
 }
 
 /// A layer's header checked against itself and the format's bounds: its summary, record
@@ -1024,14 +1032,25 @@ mod tests {
     fn records(l: &LayerCounts) -> Vec<u8> {
         let (mut all, mut buf) = (Vec::new(), Vec::new());
         let lh = layer_header(l);
-        encode_records(l, lh.count_bytes, &mut buf, |b: &mut Vec<u8>| {
-            all.append(b);
-            Ok::<_, ()>(())
-        })
-        .unwrap();
+        encode_records(l, lh.count_bytes, &mut buf, &mut all).unwrap();
         assert_eq!(all.len() as u64, lh.record_bytes);
         assert_eq!(lh.profile, count_profile(&l.counts));
         all
+    }
+
+    /// A counts stream of one layer with header `lh`, then `tail`.
+    fn stream_of(lh: LayerHeader, tail: &[u8]) -> Vec<u8> {
+        let mut b = Vec::new();
+        StreamKind::Counts
+            .write_header(&mut b, COUNTS_VERSION)
+            .unwrap();
+        let header = CountsHeader {
+            measurement: Measurement::default(),
+            layers: vec![lh],
+        };
+        encode(&mut b, &header, "c").unwrap();
+        b.extend_from_slice(tail);
+        b
     }
 
     /// `bytes` with its CRC-32 made right again, as a writer of such a stream would.
@@ -1211,18 +1230,9 @@ mod tests {
         let bytes = write(&c);
         let records = records(&c.layers[0]);
         let stream = |lh: LayerHeader| {
-            let mut b = Vec::new();
-            StreamKind::Counts
-                .write_header(&mut b, COUNTS_VERSION)
-                .unwrap();
-            let header = CountsHeader {
-                measurement: Measurement::default(),
-                layers: vec![lh],
-            };
-            encode(&mut b, &header, "c").unwrap();
-            b.extend_from_slice(&records);
-            b.extend_from_slice(&[0; CRC]);
-            restamp(b)
+            let mut tail = records.clone();
+            tail.extend_from_slice(&[0; CRC]);
+            restamp(stream_of(lh, &tail))
         };
         let header = |profile: Vec<(u64, u64)>, record_bytes: u64| LayerHeader {
             name: "l3".into(),
@@ -1326,50 +1336,31 @@ mod tests {
     fn absurd_claims_allocate_nothing() {
         // A header claiming 2^40 distinct states of a 70-neuron layer, followed by one record:
         // cut short after reading one block, never a 2^40-record allocation.
-        let mut c = Counts {
-            measurement: Measurement::default(),
-            layers: vec![layer(70, vec![1, 0], vec![1])],
+        let header = LayerHeader {
+            name: "l".into(),
+            neurons: 70,
+            states_per_input: 1,
+            observations: 1 << 41,
+            distinct: 1 << 40,
+            count_bytes: 1,
+            record_bytes: 10 << 40,
+            profile: vec![(2, 1 << 40)],
         };
-        c.layers[0].observations = 1 << 41;
-        let mut bytes = Vec::new();
-        StreamKind::Counts
-            .write_header(&mut bytes, COUNTS_VERSION)
-            .unwrap();
-        let header = CountsHeader {
-            measurement: Measurement::default(),
-            layers: vec![LayerHeader {
-                name: "l".into(),
-                neurons: 70,
-                states_per_input: 1,
-                observations: 1 << 41,
-                distinct: 1 << 40,
-                count_bytes: 1,
-                record_bytes: 10 << 40,
-                profile: vec![(2, 1 << 40)],
-            }],
-        };
-        let head = bytes.len();
-        encode(&mut bytes, &header, "c").unwrap();
-        bytes.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        let bytes = stream_of(header.clone(), &[1, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
         let e = read_counts(&mut bytes.as_slice(), "c").unwrap_err();
         assert!(e.to_string().contains("1 of 1099511627776"), "{e}");
         // The same of a 60-neuron layer, delta-coded: one whole block of 32, then the cut.
         let mut narrow = header;
-        narrow.layers[0].neurons = 60;
-        narrow.layers[0].record_bytes = 3 << 40;
-        bytes.truncate(head);
-        encode(&mut bytes, &narrow, "c").unwrap();
-        bytes.push(0x01);
-        bytes.extend_from_slice(&[1; 32]);
+        narrow.neurons = 60;
+        narrow.record_bytes = 3 << 40;
+        let mut block = vec![0x01];
+        block.extend_from_slice(&[1; 32]);
+        let bytes = stream_of(narrow.clone(), &block);
         let e = read_counts(&mut bytes.as_slice(), "c").unwrap_err();
         assert!(e.to_string().contains("32 of 1099511627776"), "{e}");
         let mut bad = narrow;
-        bad.layers[0].count_bytes = 9;
-        let mut bytes = Vec::new();
-        StreamKind::Counts
-            .write_header(&mut bytes, COUNTS_VERSION)
-            .unwrap();
-        encode(&mut bytes, &bad, "c").unwrap();
+        bad.count_bytes = 9;
+        let bytes = stream_of(bad, &[]);
         let e = read_counts(&mut bytes.as_slice(), "c").unwrap_err();
         assert!(e.to_string().contains("9-byte counts"), "{e}");
     }
