@@ -238,22 +238,28 @@ fn runs<K: Copy + Eq>(keys: &mut [K], counts: &mut [u64]) -> usize {
     d + 1
 }
 
-/// Adds states of `nb` ≤ 3 bytes each to a dense table, each state's bytes its index.
-fn dense_from_bytes<T: std::ops::AddAssign + From<u8>>(t: &mut [T], bytes: &[u8], nb: usize) {
-    // The mask only matters for corrupt input (the reader rejects bits beyond the neurons),
-    // and lets the compiler drop the bounds check.
+/// Adds states of `nb` ≤ 3 bytes each to a dense table, each state's bytes its index;
+/// returns the bitwise OR of the states' last bytes (for [`LayerCounter::bits_beyond_neurons`]).
+fn dense_from_bytes<T: std::ops::AddAssign + From<u8>>(t: &mut [T], bytes: &[u8], nb: usize) -> u8 {
+    // The mask drops bits beyond the neurons (corrupt input, reported from the returned
+    // OR), and lets the compiler drop the bounds check.
     let mask = t.len() - 1;
+    let mut last = 0;
     match nb {
-        1 => bytes
-            .iter()
-            .for_each(|&b| t[b as usize & mask] += T::from(1u8)),
-        2 => bytes
-            .chunks_exact(2)
-            .for_each(|c| t[(c[0] as usize | (c[1] as usize) << 8) & mask] += T::from(1u8)),
+        1 => bytes.iter().for_each(|&b| {
+            last |= b;
+            t[b as usize & mask] += T::from(1u8)
+        }),
+        2 => bytes.chunks_exact(2).for_each(|c| {
+            last |= c[1];
+            t[(c[0] as usize | (c[1] as usize) << 8) & mask] += T::from(1u8)
+        }),
         _ => bytes.chunks_exact(3).for_each(|c| {
+            last |= c[2];
             t[(c[0] as usize | (c[1] as usize) << 8 | (c[2] as usize) << 16) & mask] += T::from(1u8)
         }),
     }
+    last
 }
 
 /// The states a dense table saw, ascending, with their counts. Most of a 2^20 table is
@@ -297,6 +303,8 @@ pub struct LayerCounter {
     neurons: u32,
     words: usize,
     observations: u64,
+    /// The bitwise OR of the last byte of every state given to [`add_bytes`](Self::add_bytes).
+    last_bytes: u8,
     table: Table,
 }
 
@@ -318,8 +326,19 @@ impl LayerCounter {
             neurons,
             words,
             observations: 0,
+            last_bytes: 0,
             table,
         }
+    }
+
+    /// Whether a state given to [`add_bytes`](Self::add_bytes) had a bit set beyond the
+    /// neurons (in the top `8·ceil(neurons / 8) − neurons` bits of its last byte): a corrupt
+    /// stream, whose reader left that check to this counter
+    /// ([`StatesReader::leave_spare_bits_to_caller`](aiq_states::StatesReader::leave_spare_bits_to_caller)).
+    /// Checked in the counting pass itself, where the bytes are in registers already.
+    pub fn bits_beyond_neurons(&self) -> bool {
+        let spare = self.neurons.div_ceil(8) * 8 - self.neurons;
+        spare > 0 && self.last_bytes >> (8 - spare) != 0
     }
 
     pub fn neurons(&self) -> u32 {
@@ -386,18 +405,23 @@ impl LayerCounter {
         if self.observations > u64::from(u32::MAX) {
             self.widen();
         }
-        match &mut self.table {
+        let last = match &mut self.table {
             Table::Dense(t) => dense_from_bytes(t, bytes, nb),
             Table::Dense64(t) => dense_from_bytes(t, bytes, nb),
             Table::One(r) => {
-                fn fixed<const N: usize>(r: &mut Runs<u64>, bytes: &[u8]) {
+                /// Appends the states as words; returns the OR of them all.
+                fn fixed<const N: usize>(r: &mut Runs<u64>, bytes: &[u8]) -> u64 {
+                    let mut all = 0;
                     r.buf.extend(bytes.chunks_exact(N).map(|c| {
                         let mut a = [0u8; 8];
                         a[..N].copy_from_slice(c);
-                        u64::from_le_bytes(a)
+                        let k = u64::from_le_bytes(a);
+                        all |= k;
+                        k
                     }));
+                    all
                 }
-                match nb {
+                let all = match nb {
                     1 => fixed::<1>(r, bytes),
                     2 => fixed::<2>(r, bytes),
                     3 => fixed::<3>(r, bytes),
@@ -406,20 +430,27 @@ impl LayerCounter {
                     6 => fixed::<6>(r, bytes),
                     7 => fixed::<7>(r, bytes),
                     _ => fixed::<8>(r, bytes),
-                }
+                };
                 r.flush_if_full();
+                (all >> (8 * (nb - 1))) as u8
             }
             Table::Two(r) => {
+                let mut all = 0;
                 r.buf.extend(bytes.chunks_exact(nb).map(|c| {
                     let mut a = [0u8; 16];
                     a[..nb].copy_from_slice(c);
-                    u128::from_le_bytes(a)
+                    let k = u128::from_le_bytes(a);
+                    all |= k;
+                    k
                 }));
                 r.flush_if_full();
+                (all >> (8 * (nb - 1))) as u8
             }
             Table::Many(m) => {
+                let mut last = 0;
                 let mut key = vec![0u64; self.words];
                 for s in bytes.chunks_exact(nb) {
+                    last |= s[nb - 1];
                     for (k, b) in key.iter_mut().zip(s.chunks(8)) {
                         let mut a = [0u8; 8];
                         a[..b.len()].copy_from_slice(b);
@@ -432,8 +463,10 @@ impl LayerCounter {
                         }
                     }
                 }
+                last
             }
-        }
+        };
+        self.last_bytes |= last;
     }
 
     /// Reserves room for about `observations` more observations in the buffer of a sorted
@@ -486,6 +519,7 @@ impl LayerCounter {
             other.seal();
         }
         self.observations += other.observations;
+        self.last_bytes |= other.last_bytes;
         let wide = |t: &Table| matches!(t, Table::Dense64(_));
         if self.observations > u64::from(u32::MAX) || wide(&self.table) || wide(&other.table) {
             self.widen();
@@ -644,6 +678,34 @@ mod tests {
             assert_eq!(got.observations, n as u64, "{neurons}");
             assert_eq!(got.counts, want_counts, "{neurons}");
             assert_eq!(got.states, want_states, "{neurons}");
+        }
+    }
+
+    #[test]
+    fn bits_beyond_the_neurons_are_seen_in_every_table_and_merge() {
+        // Every table kind and width of last byte: dense (1-3 bytes), one word (up to 8),
+        // two words, boxed; widths that fill their last byte have no spare bits to set.
+        for neurons in [3u32, 8, 12, 20, 21, 50, 63, 64, 70, 128, 130, 200] {
+            let nb = (neurons as usize).div_ceil(8);
+            let spare = nb * 8 - neurons as usize;
+            // 40 states, every neuron on in some and every state byte used.
+            let mut bytes: Vec<u8> = (0..40 * nb).map(|i| (i * 37 % 251) as u8).collect();
+            for s in bytes.chunks_exact_mut(nb) {
+                s[nb - 1] &= 0xff >> spare;
+            }
+            let mut clean = LayerCounter::new(neurons);
+            clean.add_bytes(&bytes);
+            assert!(!clean.bits_beyond_neurons(), "{neurons}");
+            for bit in 8 - spare..8 {
+                let mut bad = bytes.clone();
+                bad[17 * nb + nb - 1] |= 1 << bit;
+                let (mut a, mut b) = (LayerCounter::new(neurons), LayerCounter::new(neurons));
+                a.add_bytes(&bad[..10 * nb]);
+                b.add_bytes(&bad[10 * nb..]);
+                assert!(b.bits_beyond_neurons(), "{neurons} bit {bit}");
+                a.merge(b);
+                assert!(a.bits_beyond_neurons(), "{neurons} bit {bit}: merged");
+            }
         }
     }
 

@@ -384,7 +384,9 @@ impl Counts {
 }
 
 /// Counts every layer of a states stream and checks the stream to its end record: a stream
-/// cut short is an error, never counted in part.
+/// cut short is an error, never counted in part. Bits set beyond a layer's neurons are
+/// found by the counters in their counting pass rather than by the reader in a pass of its
+/// own ([`LayerCounter::bits_beyond_neurons`]), and reported as the reader would.
 ///
 /// With several threads, when the layers' estimated costs split evenly enough, each thread
 /// counts whole layers (`count_by_layers`): no table is duplicated and nothing is merged.
@@ -407,10 +409,12 @@ type Counted<R> = Result<(StatesReader<R>, Vec<LayerCounter>), IoError>;
 /// Counts with `by_layers` when the layers split evenly among the pool's threads
 /// ([`layer_groups`]), else with `by_chunks`, then checks the end and builds the counts.
 fn count_split<R: Read>(
-    reader: StatesReader<R>,
+    mut reader: StatesReader<R>,
     by_layers: impl FnOnce(StatesReader<R>, &[Vec<usize>]) -> Counted<R>,
     by_chunks: impl FnOnce(StatesReader<R>, usize) -> Counted<R>,
 ) -> Result<Counts, IoError> {
+    // The counters check the states' spare bits as they count them (`finish_counts`).
+    reader.leave_spare_bits_to_caller();
     let header = reader.header().clone();
     let threads = rayon::current_num_threads().max(1);
     let (reader, counters) = match layer_groups(&header, threads) {
@@ -784,6 +788,9 @@ fn finish_counts<R: Read>(
     counters: Vec<LayerCounter>,
 ) -> Result<Counts, IoError> {
     // No worker failed; the reader checked the end record if it reached it.
+    if let Some(i) = counters.iter().position(LayerCounter::bits_beyond_neurons) {
+        return Err(reader.spare_bits_error(i));
+    }
     let inputs = header.inputs;
     let correct = reader.correct();
     if !reader.ended() {
@@ -946,9 +953,24 @@ mod tests {
         // states of 9 bytes, then the end record (a 4-byte tag, inputs and correct).
         let end_record = bad.len() - 20;
         bad[end_record - 2 * 9 - 1] |= 0x80;
-        let a = read_any(Source::Bytes(&bad), "s").unwrap_err();
-        assert!(a.to_string().contains("bits beyond its 3 neurons"), "{a}");
-        assert_eq!(a.to_string(), from_reader(&bad).unwrap_err().to_string());
+        // The same in the dense layer's last state (70 neurons: 2 spare bits of 72).
+        let mut bad_dense = bytes.clone();
+        bad_dense[end_record - 1] |= 0x80;
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            for (bad, want) in [
+                (&bad, "bits beyond its 3 neurons"),
+                (&bad_dense, "70 neurons"),
+            ] {
+                let (a, b) = pool.install(|| (read_any(Source::Bytes(bad), "s"), from_reader(bad)));
+                let a = a.unwrap_err().to_string();
+                assert!(a.contains(want), "{a}");
+                assert_eq!(a, b.unwrap_err().to_string());
+            }
+        }
     }
 
     #[test]
