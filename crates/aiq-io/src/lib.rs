@@ -449,11 +449,11 @@ fn starts_with(file: &File, magic: &[u8]) -> bool {
 ///
 /// One of the workspace's three `unsafe` blocks (with [`advise_huge_pages`] and
 /// [`exit_now`]): a mapping is undefined behaviour if another process shrinks or rewrites
-/// the file while it is mapped. Every file this workspace writes
-/// is written under a temporary name and renamed into place ([`Output`]), which never changes
-/// a file someone has open, so only a file truncated or rewritten in place by another program
-/// could break this (the process would then most likely die of `SIGBUS`). ripgrep takes the
-/// same trade for the same reason.
+/// the file while it is mapped. Every file this workspace writes is written under a
+/// temporary name and renamed into place ([`Output`]), which never changes a file someone
+/// has open, so only a file truncated or rewritten in place by another program could break
+/// this (the process would then most likely die of `SIGBUS`). ripgrep takes the same trade
+/// for the same reason.
 #[allow(unsafe_code)]
 fn map_file(file: &File, name: &str) -> Result<memmap2::Mmap, IoError> {
     // SAFETY: see above; the mapping is read-only and lives inside the `Input` that owns it.
