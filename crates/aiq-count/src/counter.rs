@@ -268,8 +268,12 @@ fn dense_add<const NB: usize, T: std::ops::AddAssign + From<u8>>(t: &mut [T], by
     // The mask drops bits beyond the neurons (corrupt input, reported from the returned
     // OR), and lets the compiler drop the bounds check.
     let mask = t.len() - 1;
-    let index = |c: &[u8]| (0..NB).fold(0, |i, k| i | (c[k] as usize) << (8 * k)) & mask;
     let mut last = 0;
+    // Adds `n` observations of the state whose bytes begin `c`.
+    let mut add = |c: &[u8], n: u8| {
+        last |= c[NB - 1];
+        t[(0..NB).fold(0, |i, k| i | (c[k] as usize) << (8 * k)) & mask] += T::from(n);
+    };
     let mut blocks = bytes.chunks_exact(8 * NB);
     for b in &mut blocks {
         let uniform = match NB {
@@ -283,19 +287,12 @@ fn dense_add<const NB: usize, T: std::ops::AddAssign + From<u8>>(t: &mut [T], by
             }
         };
         if uniform {
-            last |= b[NB - 1];
-            t[index(b)] += T::from(8u8);
+            add(b, 8);
         } else {
-            for c in b.chunks_exact(NB) {
-                last |= c[NB - 1];
-                t[index(c)] += T::from(1u8);
-            }
+            b.chunks_exact(NB).for_each(|c| add(c, 1));
         }
     }
-    for c in blocks.remainder().chunks_exact(NB) {
-        last |= c[NB - 1];
-        t[index(c)] += T::from(1u8);
-    }
+    blocks.remainder().chunks_exact(NB).for_each(|c| add(c, 1));
     last
 }
 
