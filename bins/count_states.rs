@@ -82,11 +82,6 @@ fn npy_counts(args: &Args) -> Result<Counts, Box<dyn Error>> {
     })
 }
 
-/// mimalloc keeps freed pages for reuse; the counting tables and sort buffers ask for huge
-/// pages themselves, a page fault per 2 MiB rather than per 4 KiB (see the workspace manifest).
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() {
     run_main("count-states", || {
         let args = Args::parse();

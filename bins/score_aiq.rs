@@ -43,11 +43,6 @@ struct Args {
     threads: Option<usize>,
 }
 
-/// mimalloc keeps freed pages for reuse; the counting tables and sort buffers ask for huge
-/// pages themselves, a page fault per 2 MiB rather than per 4 KiB (see the workspace manifest).
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() {
     run_main("score-aiq", || {
         let args = Args::parse();
