@@ -314,13 +314,57 @@ fn dense_nonzero<T: Copy + Into<u64>>(t: &[T]) -> (Vec<u64>, Vec<u64>) {
     (states, counts)
 }
 
+/// A zeroed counting table that starts on a 2 MiB boundary, over which it asks for huge
+/// pages: a table touched all over (LeNet-5's conv1 touches every page of its 4 MiB) then
+/// takes one page fault per 2 MiB. An allocation starts wherever the allocator puts it, and
+/// only its 2 MiB-aligned middle could be huge: half of that 4 MiB table was faulted in
+/// 4 KiB at a time. The slack allocated before the table is never touched, so it costs
+/// address space only.
+#[derive(Debug, Clone)]
+struct HugeTable<T> {
+    buf: Vec<T>,
+    at: usize,
+    len: usize,
+}
+
+impl<T: Copy + Default> HugeTable<T> {
+    const HUGE: usize = 2 << 20;
+
+    fn zeroed(len: usize) -> Self {
+        let size = std::mem::size_of::<T>().max(1);
+        let slack = if len * size >= Self::HUGE {
+            Self::HUGE / size
+        } else {
+            0
+        };
+        let buf = vec![T::default(); len + slack];
+        let at = buf.as_ptr().align_offset(Self::HUGE).min(slack);
+        let t = HugeTable { buf, at, len };
+        aiq_io::advise_huge_pages(&t);
+        t
+    }
+}
+
+impl<T> std::ops::Deref for HugeTable<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        &self.buf[self.at..self.at + self.len]
+    }
+}
+
+impl<T> std::ops::DerefMut for HugeTable<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        &mut self.buf[self.at..self.at + self.len]
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Table {
     /// Count of each state, indexed by its value (layers of ≤ [`DENSE_MAX_NEURONS`]), in
     /// `u32` while the counter has seen fewer than 2^32 observations (half the memory and
     /// page faults of `u64`), then widened to [`Table::Dense64`].
-    Dense(Vec<u32>),
-    Dense64(Vec<u64>),
+    Dense(HugeTable<u32>),
+    Dense64(HugeTable<u64>),
     One(Runs<u64>),
     Two(Runs<u128>),
     Many(Map<Box<[u64]>>),
@@ -346,9 +390,7 @@ impl LayerCounter {
     pub fn new(neurons: u32) -> Self {
         let words = words_for(neurons as usize).max(1);
         let table = if neurons <= DENSE_MAX_NEURONS {
-            let t = vec![0; 1 << neurons];
-            aiq_io::advise_huge_pages(&t);
-            Table::Dense(t)
+            Table::Dense(HugeTable::zeroed(1 << neurons))
         } else {
             match words {
                 1 => Table::One(Runs::default()),
@@ -539,7 +581,11 @@ impl LayerCounter {
     /// Turns a `u32` dense table into a `u64` one (before any count could overflow).
     fn widen(&mut self) {
         if let Table::Dense(t) = &self.table {
-            self.table = Table::Dense64(t.iter().map(|&c| u64::from(c)).collect());
+            let mut wide = HugeTable::zeroed(t.len());
+            wide.iter_mut()
+                .zip(t.iter())
+                .for_each(|(w, &c)| *w = u64::from(c));
+            self.table = Table::Dense64(wide);
         }
     }
 
@@ -561,9 +607,11 @@ impl LayerCounter {
         }
 
         match (&mut self.table, other.table) {
-            (Table::Dense(a), Table::Dense(b)) => a.iter_mut().zip(b).for_each(|(x, y)| *x += y),
+            (Table::Dense(a), Table::Dense(b)) => {
+                a.iter_mut().zip(b.iter()).for_each(|(x, y)| *x += y)
+            }
             (Table::Dense64(a), Table::Dense64(b)) => {
-                a.iter_mut().zip(b).for_each(|(x, y)| *x += y)
+                a.iter_mut().zip(b.iter()).for_each(|(x, y)| *x += y)
             }
             (Table::One(a), Table::One(mut b)) => {
                 a.flush();
@@ -793,6 +841,19 @@ mod tests {
                 assert!(c.bits_beyond_neurons(), "{neurons}");
             }
         }
+    }
+
+    #[test]
+    fn large_dense_tables_start_on_a_huge_page() {
+        let t = HugeTable::<u32>::zeroed(1 << 20);
+        assert_eq!(t.len(), 1 << 20);
+        assert_eq!(t.as_ptr() as usize % HugeTable::<u32>::HUGE, 0);
+        assert!(t.iter().all(|&c| c == 0));
+        let wide = HugeTable::<u64>::zeroed(1 << 18);
+        assert_eq!(wide.as_ptr() as usize % HugeTable::<u64>::HUGE, 0);
+        // Below 2 MiB no slack is allocated.
+        let small = HugeTable::<u32>::zeroed(1000);
+        assert_eq!((small.len(), small.buf.len()), (1000, 1000));
     }
 
     #[test]
