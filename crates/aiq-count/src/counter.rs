@@ -193,24 +193,20 @@ fn sort_runs<K: Copy + Ord + Send + Sync>(keys: &mut Vec<K>) -> Vec<u64> {
     let distinct = match split {
         None => {
             keys.sort_unstable();
-            runs(keys, &mut counts)
+            runs(keys, 0, 0, &mut counts)
         }
         Some(m) => {
             let (lo, hi) = keys.split_at_mut(m);
-            let (clo, chi) = counts.split_at_mut(m);
-            let (dlo, dhi) = rayon::join(
+            let (dlo, ()) = rayon::join(
                 || {
                     lo.sort_unstable();
-                    runs(lo, clo)
+                    runs(lo, 0, 0, &mut counts[..m])
                 },
-                || {
-                    hi.sort_unstable();
-                    runs(hi, chi)
-                },
+                || hi.sort_unstable(),
             );
-            keys.copy_within(m..m + dhi, dlo);
-            counts.copy_within(m..m + dhi, dlo);
-            dlo + dhi
+            // The upper side's distinct keys and counts go straight after the lower side's:
+            // no copy, and no page of counts touched beyond the distinct states.
+            dlo + runs(keys, m, dlo, &mut counts)
         }
     };
     keys.truncate(distinct);
@@ -218,24 +214,27 @@ fn sort_runs<K: Copy + Ord + Send + Sync>(keys: &mut Vec<K>) -> Vec<u64> {
     counts
 }
 
-/// Run-length encodes sorted `keys` in place: the distinct keys move to the front and their
-/// counts are added into `counts` (zero on entry, as long as `keys`). Branch-free (most of
+/// Run-length encodes the sorted keys `keys[from..]` in place: their distinct keys move to
+/// `keys[to..]` (`to <= from`, so no key is overwritten before it is read) and their counts
+/// are added into `counts[to..]` (zero on entry, as long as `keys`). Branch-free (most of
 /// conv2's runs are one key long, so a branch per key would be mispredicted often). Returns
 /// the number of distinct keys.
-fn runs<K: Copy + Eq>(keys: &mut [K], counts: &mut [u64]) -> usize {
-    let Some(&first) = keys.first() else {
+fn runs<K: Copy + Eq>(keys: &mut [K], from: usize, to: usize, counts: &mut [u64]) -> usize {
+    debug_assert!(to <= from);
+    let Some(&first) = keys.get(from) else {
         return 0;
     };
-    let (mut d, mut prev) = (0, first);
-    counts[0] = 1;
-    for i in 1..keys.len() {
+    let (mut d, mut prev) = (to, first);
+    keys[to] = first;
+    counts[to] = 1;
+    for i in from + 1..keys.len() {
         let k = keys[i];
         d += usize::from(k != prev);
         keys[d] = k;
         counts[d] += 1;
         prev = k;
     }
-    d + 1
+    d + 1 - to
 }
 
 /// Adds states of `nb` ≤ 3 bytes each to a dense table, each state's bytes its index;
