@@ -193,20 +193,12 @@ impl Default for ProfileTally {
 
 impl ProfileTally {
     pub(crate) fn add(&mut self, counts: &[u64]) {
-        // Most states are seen once (LeNet-5 conv2: 80% of its 444k), and increments of one
-        // counter in memory wait on each other: the ones are counted in a register.
-        let mut ones = 0;
         for &c in counts {
-            if c == 1 {
-                ones += 1;
-                continue;
-            }
             match self.small.get_mut(c as usize) {
                 Some(n) => *n += 1,
                 None => self.large.push(c),
             }
         }
-        self.small[1] += ones;
     }
 
     /// Adds another tally's counts.
