@@ -193,20 +193,35 @@ fn sort_runs<K: Copy + Ord + Send + Sync>(keys: &mut Vec<K>) -> Vec<u64> {
     let distinct = match split {
         None => {
             keys.sort_unstable();
-            runs(keys, 0, 0, &mut counts)
+            runs(&mut [], &mut [], keys, &mut counts)
         }
         Some(m) => {
             let (lo, hi) = keys.split_at_mut(m);
-            let (dlo, ()) = rayon::join(
-                || {
+            let (clo, chi) = counts.split_at_mut(m);
+            // The lower side hands the room after its distinct keys (and their counts) to
+            // the upper side, which run-length encodes its keys straight into it: no copy,
+            // and no page of counts touched beyond the distinct states.
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            let (dlo, dhi) = rayon::join(
+                move || {
                     lo.sort_unstable();
-                    runs(lo, 0, 0, &mut counts[..m])
+                    let d = runs(&mut [], &mut [], lo, clo);
+                    let (_, kt) = <[K]>::split_at_mut(lo, d);
+                    let (_, ct) = <[u64]>::split_at_mut(clo, d);
+                    // The other side holds the receiver until it has this.
+                    let _ = tx.send((kt, ct));
+                    d
                 },
-                || hi.sort_unstable(),
+                move || {
+                    hi.sort_unstable();
+                    match rx.recv() {
+                        Ok((kt, ct)) => runs(kt, ct, hi, chi),
+                        // The lower side panicked; the join re-raises it.
+                        Err(_) => 0,
+                    }
+                },
             );
-            // The upper side's distinct keys and counts go straight after the lower side's:
-            // no copy, and no page of counts touched beyond the distinct states.
-            dlo + runs(keys, m, dlo, &mut counts)
+            dlo + dhi
         }
     };
     keys.truncate(distinct);
@@ -214,27 +229,59 @@ fn sort_runs<K: Copy + Ord + Send + Sync>(keys: &mut Vec<K>) -> Vec<u64> {
     counts
 }
 
-/// Run-length encodes the sorted keys `keys[from..]` in place: their distinct keys move to
-/// `keys[to..]` (`to <= from`, so no key is overwritten before it is read) and their counts
-/// are added into `counts[to..]` (zero on entry, as long as `keys`). Branch-free (most of
-/// conv2's runs are one key long, so a branch per key would be mispredicted often). Returns
-/// the number of distinct keys.
-fn runs<K: Copy + Eq>(keys: &mut [K], from: usize, to: usize, counts: &mut [u64]) -> usize {
-    debug_assert!(to <= from);
-    let Some(&first) = keys.get(from) else {
+/// Run-length encodes the sorted `keys` into `room ++ keys`: their distinct keys go to the
+/// front of that concatenation (the `i`-th distinct key never lands after the `i`-th key, so
+/// none is overwritten before it is read) and their counts are added into the same places
+/// of `room_counts ++ counts` (zero on entry). Branch-free (most of conv2's runs are one key
+/// long, so a branch per key would be mispredicted often) but for the move from `room` into
+/// `keys`. Returns the number of distinct keys.
+fn runs<K: Copy + Eq>(
+    room: &mut [K],
+    room_counts: &mut [u64],
+    keys: &mut [K],
+    counts: &mut [u64],
+) -> usize {
+    debug_assert_eq!(room.len(), room_counts.len());
+    let Some(&first) = keys.first() else {
         return 0;
     };
-    let (mut d, mut prev) = (to, first);
-    keys[to] = first;
-    counts[to] = 1;
-    for i in from + 1..keys.len() {
+    let t = room.len();
+    let (mut d, mut prev, mut i) = (0, first, 1);
+    if t > 0 {
+        room[0] = first;
+        room_counts[0] = 1;
+        while i < keys.len() {
+            let k = keys[i];
+            let next = d + usize::from(k != prev);
+            if next == t {
+                break;
+            }
+            d = next;
+            room[d] = k;
+            room_counts[d] += 1;
+            prev = k;
+            i += 1;
+        }
+        if i == keys.len() {
+            return d + 1;
+        }
+        // keys[i] starts the run that lands at keys[0].
+        prev = keys[i];
+        keys[0] = prev;
+        counts[0] = 1;
+        d = 0;
+        i += 1;
+    } else {
+        counts[0] = 1;
+    }
+    for i in i..keys.len() {
         let k = keys[i];
         d += usize::from(k != prev);
         keys[d] = k;
         counts[d] += 1;
         prev = k;
     }
-    d + 1 - to
+    t + d + 1
 }
 
 /// Adds states of `nb` ≤ 3 bytes each to a dense table, each state's bytes its index;
@@ -932,6 +979,21 @@ mod tests {
                 assert_eq!(counts, plain.values().copied().collect::<Vec<_>>());
             }
         }
+    }
+
+    #[test]
+    fn runs_fill_the_room_then_the_keys() {
+        let keys = [1u64, 1, 2, 3, 3, 3, 5, 8, 8, 9];
+        let want = (vec![1u64, 2, 3, 5, 8, 9], vec![2u64, 1, 3, 1, 2, 1]);
+        // No room, room for some of the distinct keys, for all of them and more.
+        for t in 0..=8 {
+            let (mut room, mut room_counts) = (vec![0u64; t], vec![0u64; t]);
+            let (mut k, mut c) = (keys.to_vec(), vec![0u64; keys.len()]);
+            let d = runs(&mut room, &mut room_counts, &mut k, &mut c);
+            let got = |a: &[u64], b: &[u64]| a.iter().chain(b).take(d).copied().collect();
+            assert_eq!((got(&room, &k), got(&room_counts, &c)), want, "room {t}");
+        }
+        assert_eq!(runs(&mut [0u64; 2], &mut [0; 2], &mut [], &mut []), 0);
     }
 
     #[test]
