@@ -8,7 +8,7 @@ use std::error::Error;
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
-use aiq_count::{count_npy, read_any, write_counts, Counts, Measurement};
+use aiq_count::{count_npy, read_any, write_counts_to, Counts, Measurement};
 use aiq_io::{run_main, Input, Output, Provenance, StreamKind};
 use clap::Parser;
 
@@ -130,7 +130,7 @@ fn main() {
             env!("CARGO_PKG_VERSION"),
         ));
         let name = out.name().to_string();
-        write_counts(&mut out, &counts, &name)?;
+        write_counts_to(&mut out, &counts, &name)?;
         out.flush()?;
         out.commit()?;
         for c in closing {

@@ -33,7 +33,7 @@ use serde::{Deserialize, Serialize};
 pub use counter::{FoldHasher, LayerCounter};
 pub use format::{
     read_counts, read_counts_after_magic, summarize_counts_after_magic, write_counts,
-    COUNTS_VERSION,
+    write_counts_to, COUNTS_VERSION,
 };
 pub use npy::{count_npy, read_npy_header, NpyHeader};
 

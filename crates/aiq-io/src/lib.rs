@@ -566,6 +566,33 @@ impl Output {
         &self.name
     }
 
+    /// For a file: the file, with what was written so far flushed to it, and its length, so
+    /// that what follows can be written in pieces at their offsets, by several threads
+    /// (`FileExt::write_all_at`), before [`seek_to_end`](Self::seek_to_end). `None` for
+    /// standard output, a pipe or a device, which take bytes in order only.
+    pub fn file_at_end(&mut self) -> io::Result<Option<(&File, u64)>> {
+        use std::io::Seek;
+        match &mut self.inner {
+            OutputInner::File { writer, .. } => {
+                writer.flush()?;
+                let file = writer.get_mut().as_file_mut();
+                let at = file.stream_position()?;
+                Ok(Some((file, at)))
+            }
+            OutputInner::Direct(_) | OutputInner::Stdout(_) => Ok(None),
+        }
+    }
+
+    /// Moves a file's writing position to its end, after writes at offsets; for other
+    /// outputs, nothing.
+    pub fn seek_to_end(&mut self) -> io::Result<()> {
+        use std::io::Seek;
+        if let OutputInner::File { writer, .. } = &mut self.inner {
+            writer.seek(io::SeekFrom::End(0))?;
+        }
+        Ok(())
+    }
+
     /// Flushes and, for a file, syncs and renames the temporary file to its final name.
     pub fn commit(self) -> Result<(), IoError> {
         let name = self.name;
